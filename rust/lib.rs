@@ -1,0 +1,9 @@
+//! rsllm's core: the bookkeeping of an LLM inference engine, in Rust.
+//!
+//! The logic modules never name a pyo3 type, so `cargo test` exercises them with no
+//! Python; `py` is the one thin binding layer that becomes `rsllm._core`.
+
+pub mod error;
+mod py;
+
+pub use error::{CoreError, CoreResult};
