@@ -1,0 +1,1 @@
+"""The engine: the loop around the Rust core, and the model runner."""

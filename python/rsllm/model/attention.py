@@ -1,0 +1,373 @@
+"""Paged attention: the torch reference backend (the CPU path) and backend selection.
+
+The reference implements the kernel interface shared with `rsllm.kernels` (Triton):
+
+    store_kv(key[T,Hkv,D], value[T,Hkv,D], key_cache, value_cache, slot_mapping[T]) -> None
+    paged_attention(query[T,Hq,D], key_cache, value_cache, query_start_loc[R+1], seq_lens[R],
+                    block_tables[R,B], scale, max_query_len, max_seq_len) -> out[T,Hq,D]
+
+Caches are `[num_blocks, block_size, num_kv_heads, head_dim]`. A request's queries are the
+LAST q_len tokens of its seq_len context (causal), which covers prefill, chunked prefill,
+prefix hits and decode in one call.
+
+The model does not call `paged_attention` per layer: the index work that depends only on
+the batch (which rows are decodes, gather indices, masks) is done once per step in
+`AttentionMetadata` (`plan`), so each layer only gathers its blocks and runs SDPA.
+Decodes (q_len 1) go through one batched SDPA with the query heads of a KV head folded
+into rows (no K/V repeat for GQA); prefills through one padded SDPA over the requests
+that prefill this step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rsllm.errors import InvalidRequestError
+
+
+def store_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write each token's K and V [T, Hkv, D] into its slot (block * block_size + offset)."""
+    _, _, hkv, d = key_cache.shape
+    key_cache.view(-1, hkv, d).index_copy_(0, slot_mapping, key.to(key_cache.dtype))
+    value_cache.view(-1, hkv, d).index_copy_(0, slot_mapping, value.to(value_cache.dtype))
+
+
+@dataclass
+class _DecodePlan:
+    rows: torch.Tensor | None  # [Rd] token rows of the decodes; None: rows are 0..T-1
+    block_tables: torch.Tensor  # [Rd, nb]
+    mask: torch.Tensor  # [Rd, 1, 1, nb * block_size] bool, True = attend
+
+
+@dataclass
+class _PrefillPlan:
+    rows: torch.Tensor  # [Rp, Qmax] token rows (padding points at a valid row)
+    valid: torch.Tensor  # [Rp * Qmax] bool, the real queries
+    out_rows: torch.Tensor  # [n_valid] token rows of the real queries, in `valid` order
+    block_tables: torch.Tensor  # [Rp, nb]
+    mask: torch.Tensor | None  # [Rp, 1, Qmax, L] bool; None: plain causal (no prefix, Rp 1)
+    kv_len: int  # keys to attend to (a prefix of the gathered blocks)
+
+
+@dataclass
+class ReferencePlan:
+    """Per-step index tensors of the torch reference, shared by every layer."""
+
+    num_tokens: int
+    decode: _DecodePlan | None
+    prefill: _PrefillPlan | None
+
+
+def plan_reference(
+    query_start_loc: np.ndarray,
+    seq_lens: np.ndarray,
+    block_tables: np.ndarray,
+    block_size: int,
+    device: torch.device,
+) -> ReferencePlan:
+    """Split the batch into decodes and prefills and build their gather indices and masks."""
+    qsl = np.asarray(query_start_loc, dtype=np.int64)
+    sl = np.asarray(seq_lens, dtype=np.int64)
+    bt = np.asarray(block_tables, dtype=np.int64)
+    q_lens = qsl[1:] - qsl[:-1]
+    num_tokens = int(qsl[-1])
+    if (q_lens < 0).any() or (q_lens > sl).any():
+        raise InvalidRequestError("attention metadata: query lengths must be in [0, seq_len]")
+    if bt.ndim != 2 or bt.shape[0] != len(sl):
+        raise InvalidRequestError("attention metadata: block_tables must be [R, B]")
+    if (sl > bt.shape[1] * block_size).any():
+        raise InvalidRequestError("attention metadata: a seq_len exceeds its block table")
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    decode = prefill = None
+    dec = np.nonzero(q_lens == 1)[0]
+    if len(dec):
+        nb = int(-(-sl[dec].max() // block_size))
+        positions = np.arange(nb * block_size)
+        all_decode = len(dec) == len(q_lens)
+        decode = _DecodePlan(
+            rows=None if all_decode else tensor(qsl[dec]),
+            block_tables=tensor(bt[dec, :nb]),
+            mask=tensor(positions[None, :] < sl[dec, None]).view(len(dec), 1, 1, -1),
+        )
+    pre = np.nonzero(q_lens > 1)[0]
+    if len(pre):
+        pq, ps = q_lens[pre], sl[pre]
+        qmax = int(pq.max())
+        nb = int(-(-ps.max() // block_size))
+        kv_len = nb * block_size
+        i = np.arange(qmax)
+        valid = i[None, :] < pq[:, None]  # [Rp, Qmax]
+        rows = np.where(valid, qsl[pre, None] + i[None, :], qsl[pre, None])
+        # query i of a request sits at position seq_len - q_len + i and sees keys <= it.
+        qpos = (ps - pq)[:, None] + i[None, :]  # [Rp, Qmax]
+        mask = None
+        if len(pre) == 1 and ps[0] == pq[0]:
+            kv_len = qmax  # one prompt with no cached prefix: plain causal over its keys
+        else:
+            mask = tensor(np.arange(kv_len)[None, None, :] <= qpos[:, :, None])[:, None]
+        prefill = _PrefillPlan(
+            rows=tensor(rows),
+            valid=tensor(valid.reshape(-1)),
+            out_rows=tensor(rows[valid]),
+            block_tables=tensor(bt[pre, :nb]),
+            mask=mask,
+            kv_len=kv_len,
+        )
+    return ReferencePlan(num_tokens=num_tokens, decode=decode, prefill=prefill)
+
+
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    """[R, nb] block ids -> [R, Hkv, nb * block_size, D] (a strided view of one gather)."""
+    r, nb = block_tables.shape
+    _, bs, hkv, d = cache.shape
+    return cache[block_tables].view(r, nb * bs, hkv, d).transpose(1, 2)
+
+
+def attend_reference(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    plan: ReferencePlan,
+    scale: float,
+) -> torch.Tensor:
+    """query [T, Hq, D] -> out [T, Hq, D] from the paged cache, following `plan`."""
+    t, hq, d = query.shape
+    hkv = key_cache.shape[2]
+    group = hq // hkv
+    if query.dtype != key_cache.dtype:
+        query = query.to(key_cache.dtype)
+    dp, pp = plan.decode, plan.prefill
+    if dp is not None and pp is None and dp.rows is None:
+        # Decode only: fold the query heads of each KV head into rows, no K/V repeat.
+        q = query.view(t, hkv, group, d)  # [R, Hkv, G, D]
+        k, v = _gather(key_cache, dp.block_tables), _gather(value_cache, dp.block_tables)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=dp.mask, scale=scale)
+        return out.reshape(t, hq, d)
+    out = query.new_empty(t, hq, d)
+    if dp is not None:
+        rd = dp.block_tables.shape[0]
+        assert dp.rows is not None
+        q = query.index_select(0, dp.rows).view(rd, hkv, group, d)
+        k, v = _gather(key_cache, dp.block_tables), _gather(value_cache, dp.block_tables)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=dp.mask, scale=scale)
+        out.index_copy_(0, dp.rows, o.reshape(rd, hq, d))
+    if pp is not None:
+        rp, qmax = pp.rows.shape
+        q = query[pp.rows].transpose(1, 2)  # [Rp, Hq, Qmax, D]
+        k = _gather(key_cache, pp.block_tables)[:, :, : pp.kv_len]
+        v = _gather(value_cache, pp.block_tables)[:, :, : pp.kv_len]
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=pp.mask, is_causal=pp.mask is None, scale=scale, enable_gqa=True
+        )
+        o = o.transpose(1, 2).reshape(rp * qmax, hq, d)  # [Rp * Qmax, Hq, D]
+        out.index_copy_(0, pp.out_rows, o[pp.valid])
+    return out
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    max_seq_len: int,
+) -> torch.Tensor:
+    """The reference of the kernel interface: plan, then attend (see the module docstring)."""
+    del max_query_len, max_seq_len  # the plan derives its own bounds from the arrays
+    plan = plan_reference(
+        query_start_loc.cpu().numpy(),
+        seq_lens.cpu().numpy(),
+        block_tables.cpu().numpy(),
+        key_cache.shape[1],
+        query.device,
+    )
+    return attend_reference(query, key_cache, value_cache, plan, scale)
+
+
+@dataclass
+class AttentionMetadata:
+    """What attention needs for one step, built once and passed to every layer."""
+
+    slot_mapping: torch.Tensor  # [T] int64
+    query_start_loc: torch.Tensor  # [R+1] int32
+    seq_lens: torch.Tensor  # [R] int32
+    block_tables: torch.Tensor  # [R, B] int32
+    max_query_len: int
+    max_seq_len: int
+    plan: ReferencePlan | None = None  # torch reference only
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def build_metadata(
+        self,
+        slot_mapping: np.ndarray,
+        query_start_loc: np.ndarray,
+        seq_lens: np.ndarray,
+        block_tables: np.ndarray,
+        block_size: int,
+        device: torch.device,
+    ) -> AttentionMetadata: ...
+
+    def store_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> None: ...
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor: ...
+
+
+def _base_metadata(
+    slot_mapping: np.ndarray,
+    query_start_loc: np.ndarray,
+    seq_lens: np.ndarray,
+    block_tables: np.ndarray,
+    device: torch.device,
+) -> AttentionMetadata:
+    qsl = np.asarray(query_start_loc, dtype=np.int32)
+    sl = np.asarray(seq_lens, dtype=np.int32)
+    return AttentionMetadata(
+        slot_mapping=torch.from_numpy(np.asarray(slot_mapping, dtype=np.int64)).to(device),
+        query_start_loc=torch.from_numpy(qsl).to(device),
+        seq_lens=torch.from_numpy(sl).to(device),
+        block_tables=torch.from_numpy(np.asarray(block_tables, dtype=np.int32)).to(device),
+        max_query_len=int(np.diff(qsl).max()) if len(sl) else 0,
+        max_seq_len=int(sl.max()) if len(sl) else 0,
+    )
+
+
+class TorchReferenceBackend:
+    """The torch reference: runs everywhere; the CPU path."""
+
+    name = "torch"
+
+    def build_metadata(
+        self,
+        slot_mapping: np.ndarray,
+        query_start_loc: np.ndarray,
+        seq_lens: np.ndarray,
+        block_tables: np.ndarray,
+        block_size: int,
+        device: torch.device,
+    ) -> AttentionMetadata:
+        meta = _base_metadata(slot_mapping, query_start_loc, seq_lens, block_tables, device)
+        meta.plan = plan_reference(query_start_loc, seq_lens, block_tables, block_size, device)
+        return meta
+
+    def store_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> None:
+        store_kv(key, value, key_cache, value_cache, meta.slot_mapping)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        assert meta.plan is not None, "metadata was not built by TorchReferenceBackend"
+        return attend_reference(query, key_cache, value_cache, meta.plan, scale)
+
+
+class KernelBackend:
+    """Any module with the kernel interface (`rsllm.kernels`: Triton on CUDA)."""
+
+    def __init__(self, module: Any, name: str) -> None:
+        self.kernels = module
+        self.name = name
+
+    def build_metadata(
+        self,
+        slot_mapping: np.ndarray,
+        query_start_loc: np.ndarray,
+        seq_lens: np.ndarray,
+        block_tables: np.ndarray,
+        block_size: int,
+        device: torch.device,
+    ) -> AttentionMetadata:
+        return _base_metadata(slot_mapping, query_start_loc, seq_lens, block_tables, device)
+
+    def store_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> None:
+        self.kernels.store_kv(key, value, key_cache, value_cache, meta.slot_mapping)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        return self.kernels.paged_attention(
+            query,
+            key_cache,
+            value_cache,
+            meta.query_start_loc,
+            meta.seq_lens,
+            meta.block_tables,
+            scale,
+            meta.max_query_len,
+            meta.max_seq_len,
+        )
+
+
+def select_backend(name: str, device: torch.device) -> AttentionBackend:
+    """`auto`: Triton kernels on CUDA when `rsllm.kernels` imports, else the torch reference.
+    `torch` forces the reference; `triton` requires the kernels."""
+    if name not in ("auto", "torch", "triton"):
+        raise InvalidRequestError(f"attention_backend must be auto, torch or triton; got {name!r}")
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
+        return TorchReferenceBackend()
+    try:
+        import rsllm.kernels as kernels
+
+        if not (hasattr(kernels, "store_kv") and hasattr(kernels, "paged_attention")):
+            raise ImportError("rsllm.kernels lacks store_kv / paged_attention")
+    except ImportError as exc:
+        if name == "triton":
+            raise InvalidRequestError(f"attention_backend='triton' is unavailable: {exc}") from exc
+        return TorchReferenceBackend()
+    return KernelBackend(kernels, "triton")

@@ -1,0 +1,283 @@
+"""Llama family (Llama 2/3, Mistral, SmolLM): HF's module tree, over the paged KV cache.
+
+`LlamaForCausalLM.model.layers[i].self_attn.qkv_proj` holds q, k and v stacked (and
+`mlp.gate_up_proj` gate and up); `load_weights` maps HF's separate tensors onto them.
+Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm) reuse these modules (`qwen.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsllm.errors import ModelLoadError
+from rsllm.model.arch_config import ArchConfig
+from rsllm.model.attention import AttentionBackend, AttentionMetadata
+from rsllm.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, _param, apply_rope
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+# HF name piece -> (fused name piece, shard index)
+_STACKED = {
+    ".q_proj.": (".qkv_proj.", 0),
+    ".k_proj.": (".qkv_proj.", 1),
+    ".v_proj.": (".qkv_proj.", 2),
+    ".gate_proj.": (".gate_up_proj.", 0),
+    ".up_proj.": (".gate_up_proj.", 1),
+}
+
+
+class LlamaAttention(nn.Module):
+    def __init__(
+        self,
+        cfg: ArchConfig,
+        backend: AttentionBackend,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        self.qkv_proj = nn.Module()
+        self.qkv_proj.weight = _param(
+            (hq + 2 * hkv) * d, cfg.hidden_size, dtype=dtype, device=device
+        )
+        self.qkv_proj.bias = (
+            _param((hq + 2 * hkv) * d, dtype=dtype, device=device) if cfg.attention_bias else None
+        )
+        self.shard_sizes = (hq * d, hkv * d, hkv * d)
+        self.o_proj = nn.Module()
+        self.o_proj.weight = _param(cfg.hidden_size, hq * d, dtype=dtype, device=device)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, device=device)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, device=device)
+            self.qk_norm_weight: torch.Tensor | None = None  # [Hq + Hkv, D], built at load
+        self.eps = cfg.rms_norm_eps
+        self.scale = d**-0.5
+        self.backend = backend
+
+    def finish_loading(self) -> None:
+        if self.qk_norm:
+            hq, hkv = self.num_heads, self.num_kv_heads
+            self.qk_norm_weight = torch.cat(
+                [self.q_norm.weight.expand(hq, -1), self.k_norm.weight.expand(hkv, -1)]
+            )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)  # [T, (Hq + 2Hkv) * D]
+        qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
+        if self.qk_norm:
+            # q_norm and k_norm in one op: per-head RMSNorm, then each head's own weight.
+            qk = F.rms_norm(qk, (d,), None, self.eps).mul_(self.qk_norm_weight)
+        qk = apply_rope(qk, cos, sin)  # [T, Hq + Hkv, D]
+        q, k = qk.split((hq, hkv), dim=1)
+        v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
+        key_cache, value_cache = kv_cache
+        self.backend.store_kv(k, v, key_cache, value_cache, meta)
+        out = self.backend.attend(q, key_cache, value_cache, meta, self.scale)  # [T, Hq, D]
+        return F.linear(out.reshape(t, hq * d), self.o_proj.weight)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(
+        self,
+        cfg: ArchConfig,
+        backend: AttentionBackend,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg, backend, dtype=dtype, device=device)
+        self.mlp = GatedMLP(cfg, dtype=dtype, device=device)
+        self.input_layernorm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device
+        )
+        self.post_attention_layernorm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = x
+            h = self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.forward_add(x, residual)
+        h = self.self_attn(h, cos, sin, kv_cache, meta)
+        h, residual = self.post_attention_layernorm.forward_add(h, residual)
+        return self.mlp(h), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(
+        self,
+        cfg: ArchConfig,
+        backend: AttentionBackend,
+        max_model_len: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Module()
+        self.embed_tokens.weight = _param(
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=device
+        )
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, backend, dtype=dtype, device=device)
+            for _ in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
+        self.rotary_emb = RotaryEmbedding(cfg, max_model_len, dtype=dtype, device=device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        x = F.embedding(input_ids, self.embed_tokens.weight)  # [T, H]
+        cos, sin = self.rotary_emb.table(positions)  # once per step, shared by all layers
+        residual = None
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            x, residual = layer(x, residual, cos, sin, kv_cache, meta)
+        assert residual is not None
+        x, _ = self.norm.forward_add(x, residual)
+        return x
+
+
+class LlamaForCausalLM(nn.Module):
+    """`forward(input_ids[T], positions[T], kv_caches, meta) -> hidden[T, H]`;
+    `compute_logits(hidden[S, H]) -> logits[S, V]` (float32)."""
+
+    def __init__(
+        self,
+        cfg: ArchConfig,
+        backend: AttentionBackend,
+        max_model_len: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg, backend, max_model_len, dtype=dtype, device=device)
+        self.lm_head = nn.Module()
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        else:
+            self.lm_head.weight = _param(
+                cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=device
+            )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, kv_caches, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head.weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors in, stacking q/k/v and gate/up; every parameter must be set."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb." in name:
+                continue
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue
+            shard = None
+            for hf_piece, (piece, idx) in _STACKED.items():
+                if hf_piece in name:
+                    name, shard = name.replace(hf_piece, piece), idx
+                    break
+            param = params.get(name)
+            if param is None:
+                raise ModelLoadError(f"unexpected weight {name!r} for {self.config.architecture}")
+            target = param.data
+            if shard is not None:
+                sizes = self._shard_sizes(name)
+                start = sum(sizes[:shard])
+                target = target.narrow(0, start, sizes[shard])
+                name = f"{name}#{shard}"
+            if tuple(target.shape) != tuple(tensor.shape):
+                raise ModelLoadError(
+                    f"weight {name!r} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(target.shape)}"
+                )
+            target.copy_(tensor)
+            loaded.add(name)
+        expected = self._expected_names(params)
+        missing = sorted(expected - loaded)
+        if missing:
+            raise ModelLoadError(f"weights missing from the checkpoint: {missing[:5]}...")
+        self.finish_loading()
+
+    def init_random(self, seed: int = 0) -> None:
+        """Random weights of the right shapes (benchmarks, tests): N(0, 0.02), norms at 1."""
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.data.fill_(1.0)
+            else:
+                p.data.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        self.finish_loading()
+
+    def finish_loading(self) -> None:
+        for layer in self.model.layers:
+            layer.self_attn.finish_loading()
+
+    def _shard_sizes(self, fused_name: str) -> tuple[int, ...]:
+        if ".qkv_proj." in fused_name:
+            return self.model.layers[0].self_attn.shard_sizes
+        inter = self.config.intermediate_size
+        return (inter, inter)
+
+    def _expected_names(self, params: dict[str, nn.Parameter]) -> set[str]:
+        names: set[str] = set()
+        for name in params:
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue
+            if ".qkv_proj." in name:
+                names.update(f"{name}#{i}" for i in range(3))
+            elif ".gate_up_proj." in name:
+                names.update(f"{name}#{i}" for i in range(2))
+            else:
+                names.add(name)
+        return names
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    """Mistral: Llama's modules (sliding window is checked against max_model_len)."""
