@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server: `python -m rsllm.entrypoints.openai.api_server`."""

@@ -1,0 +1,248 @@
+"""`POST /v1/chat/completions`: template, tokenize, generate, answer (JSON or SSE)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from rsllm.chat_template import render_chat
+from rsllm.entrypoints.openai.errors import UnsupportedFeatureError
+from rsllm.entrypoints.openai.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamChoice,
+    ChatLogprobs,
+    ChatLogprobToken,
+    ChatResponseMessage,
+    DeltaMessage,
+    UsageInfo,
+    random_id,
+)
+from rsllm.entrypoints.openai.serving_engine import (
+    CLIENT_CLOSED,
+    OpenAIServing,
+    clamp_logprob,
+    first_output,
+    sse,
+    sse_with_errors,
+    until_disconnect,
+)
+from rsllm.errors import InvalidRequestError
+from rsllm.outputs import CompletionOutput, RequestOutput
+
+
+@dataclass
+class _Choice:
+    """One choice of a non-streamed answer, accumulated from the deltas."""
+
+    text: str = ""
+    num_tokens: int = 0
+    logprobs: list[ChatLogprobToken] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+class OpenAIServingChat(OpenAIServing):
+    async def create(self, request: ChatCompletionRequest, raw: Request) -> Response:
+        self.check_model(request.model)
+        self.check_priority(request.priority)
+        tools = self._check_tools_and_formats(request)
+        prompt_text = self.render(request, tools)
+        prompt_ids = list(
+            self.tokenizer.encode(prompt_text, add_special_tokens=request.add_special_tokens)
+        )
+        requested = (
+            request.max_completion_tokens
+            if request.max_completion_tokens is not None
+            else request.max_tokens
+        )
+        if request.top_logprobs is not None and not request.logprobs:
+            raise InvalidRequestError("top_logprobs needs logprobs set to true")
+        num_logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        params = self.sampling_params(
+            request,
+            max_tokens=self.max_tokens_for(requested, len(prompt_ids)),
+            logprobs=num_logprobs,
+        )
+        request_id = random_id("chatcmpl")
+        outputs = self.run(prompt_ids, prompt_text, params, request_id, request.priority)
+        if request.stream:
+            # Wait for the first output before the 200 goes out, so that an input the
+            # engine refuses is still an HTTP error and not an error event.
+            first = await until_disconnect(raw, first_output(outputs))
+            if first is None:
+                return Response(status_code=CLIENT_CLOSED)
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            events = self._stream(
+                request, request_id, first, outputs, params.n, len(prompt_ids), include_usage
+            )
+            return StreamingResponse(sse_with_errors(events), media_type="text/event-stream")
+        response = await until_disconnect(
+            raw, self._collect(request, request_id, outputs, params.n, len(prompt_ids))
+        )
+        if response is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(response.model_dump())
+
+    def render(self, request: ChatCompletionRequest, tools: list[dict[str, Any]] | None) -> str:
+        source = request.chat_template or self.config.chat_template
+        source = source or getattr(self.tokenizer, "chat_template", None)
+        if not source:
+            raise InvalidRequestError(
+                "this model has no chat template: start the server with --chat-template "
+                "(a file or an inline Jinja template), or send `chat_template`"
+            )
+        return render_chat(
+            source,
+            [m.model_dump(exclude_none=True) for m in request.messages],
+            bos_token=getattr(self.tokenizer, "bos_token", None),
+            eos_token=getattr(self.tokenizer, "eos_token", None),
+            add_generation_prompt=request.add_generation_prompt,
+            continue_final_message=request.continue_final_message,
+            tools=tools,
+            template_kwargs=request.chat_template_kwargs,
+        )
+
+    def _check_tools_and_formats(
+        self, request: ChatCompletionRequest
+    ) -> list[dict[str, Any]] | None:
+        """The tools the template sees; refuses what needs function calling or constrained
+        decoding, which this server does not do yet (the seam for tool parsers)."""
+        fmt = (request.response_format or {}).get("type")
+        if fmt not in (None, "text"):
+            raise UnsupportedFeatureError(f"response_format {fmt!r} is not supported yet")
+        if request.structured_outputs:
+            raise UnsupportedFeatureError("structured_outputs is not supported yet")
+        choice = request.tool_choice
+        if choice is not None and not request.tools:
+            raise InvalidRequestError("tool_choice is set but no tools are given")
+        if not request.tools or choice == "none":
+            return None
+        if choice is None or choice == "auto":
+            if not (self.config.enable_auto_tool_choice and self.config.tool_call_parser):
+                raise InvalidRequestError(
+                    '"auto" tool choice requires --enable-auto-tool-choice and '
+                    "--tool-call-parser to be set"
+                )
+            return request.tools
+        raise UnsupportedFeatureError(f"tool_choice {choice!r} is not supported yet")
+
+    def _logprobs(self, choice: CompletionOutput, k: int) -> list[ChatLogprobToken]:
+        tokens = []
+        for token_id, entry in zip(choice.token_ids, choice.logprobs or [], strict=False):
+            sampled = entry.get(token_id)
+            text = self.token_text(token_id, sampled)
+            tokens.append(
+                ChatLogprobToken(
+                    token=text,
+                    logprob=clamp_logprob(sampled.logprob) if sampled else -9999.0,
+                    bytes=list(text.encode("utf-8")),
+                    top_logprobs=self.top_logprobs(entry, k),
+                )
+            )
+        return tokens
+
+    async def _collect(
+        self,
+        request: ChatCompletionRequest,
+        request_id: str,
+        outputs: AsyncIterator[RequestOutput],
+        n: int,
+        num_prompt_tokens: int,
+    ) -> ChatCompletionResponse:
+        choices = [_Choice() for _ in range(n)]
+        k = request.top_logprobs or 0
+        async for output in outputs:
+            for out in output.outputs:
+                acc = choices[out.index]
+                acc.text += out.text
+                acc.num_tokens += len(out.token_ids)
+                if request.logprobs:
+                    acc.logprobs.extend(self._logprobs(out, k))
+                if out.finish_reason is not None:
+                    acc.finish_reason, acc.stop_reason = out.finish_reason, out.stop_reason
+        return ChatCompletionResponse(
+            id=request_id,
+            model=self.model_name,
+            choices=[
+                ChatCompletionChoice(
+                    index=i,
+                    message=ChatResponseMessage(role=self.config.response_role, content=c.text),
+                    logprobs=ChatLogprobs(content=c.logprobs) if request.logprobs else None,
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
+                for i, c in enumerate(choices)
+            ],
+            usage=_usage(num_prompt_tokens, sum(c.num_tokens for c in choices)),
+        )
+
+    async def _stream(
+        self,
+        request: ChatCompletionRequest,
+        request_id: str,
+        first: RequestOutput,
+        outputs: AsyncIterator[RequestOutput],
+        n: int,
+        num_prompt_tokens: int,
+        include_usage: bool,
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        # With include_usage every chunk carries "usage": null, and one last chunk with
+        # no choices carries the totals (the only place AutoGen reads usage from).
+        exclude = None if include_usage else {"usage"}
+
+        def chunk(choice: ChatCompletionStreamChoice) -> str:
+            body = ChatCompletionChunk(
+                id=request_id, created=created, model=self.model_name, choices=[choice]
+            )
+            return sse(body, exclude)
+
+        for i in range(n):
+            role = DeltaMessage(role=self.config.response_role, content="")
+            yield chunk(ChatCompletionStreamChoice(index=i, delta=role))
+        num_tokens = 0
+        k = request.top_logprobs or 0
+        output: RequestOutput | None = first
+        while output is not None:
+            for out in output.outputs:
+                num_tokens += len(out.token_ids)
+                logprobs = (
+                    ChatLogprobs(content=self._logprobs(out, k)) if request.logprobs else None
+                )
+                if out.text or (logprobs and logprobs.content):
+                    delta = DeltaMessage(content=out.text)
+                    yield chunk(
+                        ChatCompletionStreamChoice(index=out.index, delta=delta, logprobs=logprobs)
+                    )
+                if out.finish_reason is not None:
+                    yield chunk(
+                        ChatCompletionStreamChoice(
+                            index=out.index,
+                            delta=DeltaMessage(),
+                            finish_reason=out.finish_reason,
+                            stop_reason=out.stop_reason,
+                        )
+                    )
+            output = await anext(outputs, None)
+        if include_usage:
+            usage = _usage(num_prompt_tokens, num_tokens)
+            body = ChatCompletionChunk(
+                id=request_id, created=created, model=self.model_name, choices=[], usage=usage
+            )
+            yield sse(body)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+    return UsageInfo(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
