@@ -7,9 +7,10 @@ Unknown keyword arguments raise TypeError (dataclass behaviour).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a dtype is resolved, not by `import rsllm.config`
+    import torch
 
 # vLLM's spellings of each dtype, mapped to ours.
 _DTYPE_ALIASES = {
@@ -22,7 +23,6 @@ _DTYPE_ALIASES = {
     "half": "float16",
     "fp16": "float16",
 }
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 
 
@@ -101,6 +101,8 @@ class ModelConfig:
 
 
 def _cpu_has_fast_bf16() -> bool:
+    import torch
+
     # AVX512-BF16 or AMX make bf16 matmuls faster than fp32; elsewhere bf16 is emulated.
     cpu = torch.cpu
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
@@ -120,13 +122,15 @@ def resolve_dtype(
     not run in float16 on a CPU (slow and overflow-prone there). `checkpoint_dtype` is
     the config's `torch_dtype`; a float32 checkpoint on a CPU stays float32.
     """
+    import torch
+
     name = _DTYPE_ALIASES.get(dtype.lower()) if isinstance(dtype, str) else None
     if name is None:
         raise ValueError(
             f"dtype must be one of 'auto', 'float32', 'bfloat16', 'float16', got {dtype!r}"
         )
     if name != "auto":
-        return _TORCH_DTYPES[name]
+        return getattr(torch, name)
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

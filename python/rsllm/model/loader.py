@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 
+from rsllm.config import LOAD_FORMATS
 from rsllm.errors import ModelLoadError
 from rsllm.model import gguf_loader, gguf_tokenizer, hf_loader, model_path
 from rsllm.model.gguf_file import GGUFFile
-
-LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 
 
 @dataclass
