@@ -43,11 +43,12 @@ def make_batch(
     dtype: torch.dtype,
     device: torch.device,
     seed: int = 0,
+    unowned: float = float("nan"),
 ) -> Batch:
     """requests: (q_len, seq_len) per request. Blocks are scattered over the cache.
 
-    Every block that no request owns, the null block 0 included, holds NaN, so a kernel
-    that reads outside a request's context fails loudly.
+    Every block that no request owns, the null block 0 included, holds `unowned` (NaN by
+    default), so a kernel that reads outside a request's context fails loudly.
     """
     gen = torch.Generator().manual_seed(seed)
     num_q_heads = NUM_KV_HEADS * group
@@ -58,8 +59,8 @@ def make_batch(
     width = max(needed) + 2  # padded tables, as the scheduler sends them
     tables = torch.zeros((len(requests), width), dtype=torch.int32)
     shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, head_dim)
-    key_cache = torch.full(shape, float("nan"))
-    value_cache = torch.full(shape, float("nan"))
+    key_cache = torch.full(shape, unowned)
+    value_cache = torch.full(shape, unowned)
     for r, n in enumerate(needed):
         ids = [order.pop() for _ in range(n)]
         tables[r, :n] = torch.tensor(ids, dtype=torch.int32)
@@ -280,3 +281,28 @@ def test_rejects_bad_shapes(device):
             1,
             5,
         )
+
+
+@pytest.mark.parametrize("kind", ["decode", "chunked", "mixed"])
+def test_equals_model_reference_backend(device, kind):
+    """The kernels and the model's torch reference (`rsllm.model.attention`) agree on the
+    same batch, so the engine gives the same results on either backend."""
+    if device is None:
+        return
+    from rsllm.model import attention as reference
+
+    batch = make_batch(BATCHES[kind], 4, 32, torch.float32, device, seed=6, unowned=0.0)
+    args = (
+        batch.query,
+        batch.key_cache,
+        batch.value_cache,
+        batch.query_start_loc,
+        batch.seq_lens,
+        batch.block_tables,
+        batch.scale,
+        batch.max_query_len,
+        batch.max_seq_len,
+    )
+    assert_close(
+        run_paged_attention(batch), reference.paged_attention(*args).float(), torch.float32
+    )

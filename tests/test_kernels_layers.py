@@ -159,6 +159,24 @@ def test_available_matches_the_machine():
     assert available() is expected
 
 
+def test_package_exports_the_kernel_interface():
+    """The model's backend selection looks the functions up on `rsllm.kernels` itself."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    import rsllm.kernels as kernels
+    from rsllm.kernels import activation, attention, norm, rotary
+
+    assert kernels.store_kv is attention.store_kv
+    assert kernels.paged_attention is attention.paged_attention
+    assert kernels.fused_add_rms_norm is norm.fused_add_rms_norm
+    assert kernels.rotary_embedding is rotary.rotary_embedding
+    assert kernels.silu_and_mul is activation.silu_and_mul
+    with pytest.raises(AttributeError):
+        _ = kernels.no_such_kernel
+
+
 def test_rejects_bad_shapes(device):
     if device is None:
         return
