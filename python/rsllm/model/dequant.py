@@ -29,18 +29,25 @@ def _half(blocks: torch.Tensor, start: int) -> torch.Tensor:
 
 
 def _nibbles(qs: torch.Tensor) -> torch.Tensor:
-    """`[n, 16]` bytes -> `[n, 32]` values: low nibbles first, then high nibbles."""
-    return torch.cat((qs & 0x0F, qs >> 4), dim=1)
+    """`[n, 16]` bytes -> `[n, 32]` float32: low nibbles first, then high nibbles.
+
+    Written into one preallocated tensor that the caller scales in place: the
+    weights are hundreds of megabytes, and temporaries of that size cost more
+    than the arithmetic."""
+    out = torch.empty((qs.shape[0], 32), dtype=torch.float32)
+    out[:, :16] = qs & 0x0F
+    out[:, 16:] = qs >> 4
+    return out
 
 
 def _dequant_blocks(blocks: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
     # blocks: [n_blocks, type_size] uint8 -> [n_blocks, block_size] float32
     if qtype == Q.Q8_0:
-        return blocks[:, 2:].contiguous().view(torch.int8).to(torch.float32) * _half(blocks, 0)
+        return blocks[:, 2:].contiguous().view(torch.int8).to(torch.float32).mul_(_half(blocks, 0))
     if qtype == Q.Q4_0:
-        return _half(blocks, 0) * (_nibbles(blocks[:, 2:]).to(torch.int8) - 8).to(torch.float32)
+        return _nibbles(blocks[:, 2:]).sub_(8).mul_(_half(blocks, 0))
     if qtype == Q.Q4_1:
-        return _half(blocks, 0) * _nibbles(blocks[:, 4:]).to(torch.float32) + _half(blocks, 2)
+        return _nibbles(blocks[:, 4:]).mul_(_half(blocks, 0)).add_(_half(blocks, 2))
     raise AssertionError(qtype)
 
 

@@ -129,26 +129,31 @@ def _post_processor(
     meta: dict[str, Any], tokens: list[str], fallback: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """Prepend BOS / append EOS when the file asks for it."""
-    bos_id = meta.get("tokenizer.ggml.bos_token_id")
-    eos_id = meta.get("tokenizer.ggml.eos_token_id")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos_id is not None
-    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos_id is not None
-    if not (add_bos or add_eos):
+
+    def flagged(flag: str, id_key: str) -> int | None:
+        token_id = meta.get(id_key)
+        if not meta.get(flag, False) or not isinstance(token_id, int):
+            return None
+        return token_id if 0 <= token_id < len(tokens) else None
+
+    bos_id = flagged("tokenizer.ggml.add_bos_token", "tokenizer.ggml.bos_token_id")
+    eos_id = flagged("tokenizer.ggml.add_eos_token", "tokenizer.ggml.eos_token_id")
+    if bos_id is None and eos_id is None:
         return fallback
 
     def template(*seq_ids: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for type_id, seq in enumerate(seq_ids):
-            if add_bos:
+            if bos_id is not None:
                 out.append({"SpecialToken": {"id": tokens[bos_id], "type_id": type_id}})
             out.append({"Sequence": {"id": seq, "type_id": type_id}})
-            if add_eos:
+            if eos_id is not None:
                 out.append({"SpecialToken": {"id": tokens[eos_id], "type_id": type_id}})
         return out
 
     specials = {}
-    for flag, token_id in ((add_bos, bos_id), (add_eos, eos_id)):
-        if flag:
+    for token_id in (bos_id, eos_id):
+        if token_id is not None:
             tok = tokens[token_id]
             specials[tok] = {"id": tok, "ids": [token_id], "tokens": [tok]}
     return {
@@ -160,7 +165,7 @@ def _post_processor(
 
 
 def _bpe_model(vocab: dict[str, int], merges: list[list[str]], **options: Any) -> dict[str, Any]:
-    model = {
+    model: dict[str, Any] = {
         "type": "BPE",
         "dropout": None,
         "unk_token": None,
