@@ -10,16 +10,19 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import rsllm
@@ -40,9 +43,10 @@ from rsllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from rsllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from rsllm.entrypoints.openai.serving_engine import Engine, ServerConfig
 from rsllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
-from rsllm.errors import EngineDeadError
+from rsllm.errors import EngineDeadError, InvalidRequestError
 
 logger = logging.getLogger("rsllm.serve")
+_Body = TypeVar("_Body", bound=BaseModel)
 
 
 class APIKeyMiddleware:
@@ -122,22 +126,26 @@ def build_app(
         ]
         return ModelList(data=cards).model_dump()
 
+    # Bodies are parsed by hand: JSON whatever the Content-Type (curl -d sends a form
+    # type), and every failure a 400 in OpenAI's shape.
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
+    async def chat_completions(raw: Request) -> Response:
         check_alive()
-        return await chat.create(body, raw)
+        return await chat.create(await parse_body(raw, ChatCompletionRequest), raw)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, raw: Request) -> Response:
+    async def completions(raw: Request) -> Response:
         check_alive()
-        return await completion.create(body, raw)
+        return await completion.create(await parse_body(raw, CompletionRequest), raw)
 
     @app.post("/tokenize")
-    async def tokenize(body: TokenizeRequest) -> JSONResponse:
+    async def tokenize(raw: Request) -> JSONResponse:
+        body = await parse_body(raw, TokenizeRequest)
         return JSONResponse(tokenization.tokenize(body).model_dump())
 
     @app.post("/detokenize")
-    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
+    async def detokenize(raw: Request) -> JSONResponse:
+        body = await parse_body(raw, DetokenizeRequest)
         return JSONResponse(tokenization.detokenize(body).model_dump())
 
     if api_key:
@@ -151,6 +159,18 @@ def build_app(
         allow_headers=["*"],
     )
     return app
+
+
+async def parse_body(raw: Request, model: type[_Body]) -> _Body:
+    data = await raw.body()
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidRequestError(f"malformed JSON body: {e}") from None
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False)) from None
 
 
 def _configure_logging() -> None:
