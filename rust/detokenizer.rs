@@ -393,6 +393,8 @@ pub struct DetokenizerBatch {
     slots: Vec<Option<IncrementalDetokenizer>>,
     free_slots: Vec<usize>,
     index: HashMap<String, usize>,
+    /// Scratch for `step`: each slot's position in the update list, plus one.
+    positions: Vec<usize>,
 }
 
 /// Below this many tokens a step runs on the calling thread (a thread costs ~10 µs).
@@ -405,6 +407,7 @@ impl DetokenizerBatch {
             slots: Vec::new(),
             free_slots: Vec::new(),
             index: HashMap::new(),
+            positions: Vec::new(),
         }
     }
 
@@ -478,8 +481,9 @@ impl DetokenizerBatch {
         &mut self,
         updates: &[(S, &[u32])],
     ) -> CoreResult<Vec<StepOutput>> {
-        // Validate, and map each update to its slot.
-        let mut order: Vec<(usize, usize)> = Vec::with_capacity(updates.len());
+        // Validate, and note each slot's position in the update list (1-based; 0 = none).
+        self.positions.clear();
+        self.positions.resize(self.slots.len(), 0);
         for (position, (request_id, ids)) in updates.iter().enumerate() {
             let request_id = request_id.as_ref();
             let slot = *self
@@ -489,27 +493,19 @@ impl DetokenizerBatch {
             for &id in ids.iter() {
                 self.tokenizer.check_id(id)?;
             }
-            order.push((slot, position));
-        }
-        order.sort_unstable();
-        if let Some(pair) = order.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-            let request_id = updates[pair[1].1].0.as_ref();
-            return Err(CoreError::InvalidRequest(format!(
-                "request id {request_id:?} appears twice in one step"
-            )));
+            if self.positions[slot] != 0 {
+                return Err(CoreError::InvalidRequest(format!(
+                    "request id {request_id:?} appears twice in one step"
+                )));
+            }
+            self.positions[slot] = position + 1;
         }
         // Disjoint `&mut` to the detokenizers, in update order.
         let mut work: Vec<Option<&mut IncrementalDetokenizer>> =
             (0..updates.len()).map(|_| None).collect();
-        let mut wanted = order.iter().peekable();
-        for (slot, detokenizer) in self.slots.iter_mut().enumerate() {
-            match wanted.peek() {
-                Some(&&(want, position)) if want == slot => {
-                    work[position] = detokenizer.as_mut();
-                    wanted.next();
-                }
-                Some(_) => {}
-                None => break,
+        for (detokenizer, &position) in self.slots.iter_mut().zip(&self.positions) {
+            if position != 0 {
+                work[position - 1] = detokenizer.as_mut();
             }
         }
         let mut outputs: Vec<StepOutput> =

@@ -273,6 +273,10 @@ impl PyDetokenizerBatch {
         spaces_between_special_tokens = true, stop = Vec::new(),
         include_stop_str_in_output = false, min_tokens = 0,
     ))]
+    #[pyo3(
+        text_signature = "($self, request_id, prompt_token_ids, *, skip_special_tokens=True, \
+        spaces_between_special_tokens=True, stop=(), include_stop_str_in_output=False, min_tokens=0)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn add_request(
         &mut self,
