@@ -395,6 +395,8 @@ pub struct DetokenizerBatch {
     index: HashMap<String, usize>,
     /// Scratch for `step`: each slot's position in the update list, plus one.
     positions: Vec<usize>,
+    /// The last step's outputs (kept to reuse their strings).
+    outputs: Vec<StepOutput>,
 }
 
 /// Below this many tokens a step runs on the calling thread (a thread costs ~10 µs).
@@ -408,6 +410,7 @@ impl DetokenizerBatch {
             free_slots: Vec::new(),
             index: HashMap::new(),
             positions: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 
@@ -480,7 +483,7 @@ impl DetokenizerBatch {
     pub fn step<S: AsRef<str> + Sync>(
         &mut self,
         updates: &[(S, &[u32])],
-    ) -> CoreResult<Vec<StepOutput>> {
+    ) -> CoreResult<&[StepOutput]> {
         // Validate, and note each slot's position in the update list (1-based; 0 = none).
         self.positions.clear();
         self.positions.resize(self.slots.len(), 0);
@@ -508,8 +511,13 @@ impl DetokenizerBatch {
                 work[position - 1] = detokenizer.as_mut();
             }
         }
-        let mut outputs: Vec<StepOutput> =
-            (0..updates.len()).map(|_| StepOutput::default()).collect();
+        // Reuse last step's strings: no allocation per request once warm.
+        let outputs = &mut self.outputs;
+        outputs.resize_with(updates.len(), StepOutput::default);
+        for output in outputs.iter_mut() {
+            output.text.clear();
+            output.stop = None;
+        }
         let total_tokens: usize = updates.iter().map(|(_, ids)| ids.len()).sum();
         let threads = if total_tokens >= PARALLEL_MIN_TOKENS {
             std::thread::available_parallelism()
@@ -538,7 +546,7 @@ impl DetokenizerBatch {
             Ok(())
         };
         if threads <= 1 {
-            run(&mut work, updates, &mut outputs)?;
+            run(&mut work, updates, outputs)?;
         } else {
             let chunk = updates.len().div_ceil(threads);
             std::thread::scope(|scope| -> CoreResult<()> {
@@ -558,12 +566,12 @@ impl DetokenizerBatch {
                 Ok(())
             })?;
         }
-        for (output, (request_id, _)) in outputs.iter().zip(updates) {
-            if output.stop.is_some() {
+        for (position, (request_id, _)) in updates.iter().enumerate() {
+            if self.outputs[position].stop.is_some() {
                 self.take(request_id.as_ref())?;
             }
         }
-        Ok(outputs)
+        Ok(&self.outputs[..updates.len()])
     }
 }
 

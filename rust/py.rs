@@ -351,11 +351,11 @@ impl PyDetokenizerBatch {
         let inner = &mut self.inner;
         let outputs = detach(py, || inner.step(&batch))?;
         let rows = outputs
-            .into_iter()
+            .iter()
             .zip(names)
             .map(|(output, name)| {
-                let stop = match output.stop {
-                    Some(stop) => PyString::new(py, &stop).into_any(),
+                let stop = match &output.stop {
+                    Some(stop) => PyString::new(py, stop).into_any(),
                     None => py.None().into_bound(py),
                 };
                 PyTuple::new(

@@ -76,10 +76,7 @@ fn first_completed(text: &str, boundary: usize, stops: &[String]) -> Option<(usi
         while !text.is_char_boundary(from) {
             from -= 1;
         }
-        let found = text[from..]
-            .match_indices(stop.as_str())
-            .map(|(at, _)| (from + at, from + at + stop.len()))
-            .find(|&(_, end)| end > boundary);
+        let found = find_from(text, stop, from, boundary);
         if let Some((start, end)) = found {
             let better = match best {
                 None => true,
@@ -93,13 +90,31 @@ fn first_completed(text: &str, boundary: usize, stops: &[String]) -> Option<(usi
     best
 }
 
+/// The first occurrence of `stop` in `text` at or after `from` that ends after
+/// `boundary`, as `(start, end)`. The haystack is a few bytes, so a plain scan beats a
+/// substring searcher's setup.
+fn find_from(text: &str, stop: &str, from: usize, boundary: usize) -> Option<(usize, usize)> {
+    let (haystack, needle) = (text.as_bytes(), stop.as_bytes());
+    let first = needle[0];
+    let last_start = haystack.len().checked_sub(needle.len())?;
+    (from..=last_start)
+        .filter(|&start| haystack[start] == first && haystack[start..].starts_with(needle))
+        .map(|start| (start, start + needle.len()))
+        .find(|&(_, end)| end > boundary)
+}
+
 /// Length of the longest suffix of `text` that is a proper prefix of a stop string.
 fn longest_partial_suffix(text: &str, stops: &[String]) -> usize {
+    let Some(&last) = text.as_bytes().last() else {
+        return 0;
+    };
     let mut keep = 0;
     for stop in stops {
+        let stop = stop.as_bytes();
         let longest = (stop.len() - 1).min(text.len());
         for len in (keep + 1..=longest).rev() {
-            if stop.is_char_boundary(len) && text.as_bytes().ends_with(&stop.as_bytes()[..len]) {
+            // Valid UTF-8 `text` can only end with whole characters of `stop`: bytes suffice.
+            if stop[len - 1] == last && text.as_bytes().ends_with(&stop[..len]) {
                 keep = len;
                 break;
             }
