@@ -162,14 +162,15 @@ impl IncrementalDetokenizer {
         let mut decoded = String::new();
         match &mut self.stream {
             Stream::Bytes(stream) => {
+                // `decode` shows a cut-off character as one U+FFFD (lossy UTF-8), or
+                // one per byte (byte fallback).
                 let per_byte = matches!(self.tokenizer.kind(), DecodeKind::SentencePiece { .. });
-                for _ in 0..if per_byte {
+                let count = if per_byte {
                     stream.pending.len()
                 } else {
-                    1.min(stream.pending.len())
-                } {
-                    decoded.push(char::REPLACEMENT_CHARACTER);
-                }
+                    stream.pending.len().min(1)
+                };
+                decoded.extend(std::iter::repeat(char::REPLACEMENT_CHARACTER).take(count));
                 stream.pending.clear();
             }
             Stream::Window(stream) => {
@@ -327,19 +328,15 @@ fn seed_window(
     })
 }
 
-/// Append `text` minus the already shown `prefix`. If a decoder rewrote the prefix
-/// (not prefix-stable), show what follows the common part rather than retract.
+/// Append `text` minus the already shown `prefix`. A decoder that rewrote the shown
+/// text (not prefix-stable) cannot be followed exactly; show what lies beyond the
+/// length of the prefix rather than take anything back.
 fn push_new_suffix(text: &str, prefix: &str, out: &mut String) {
     if let Some(rest) = text.strip_prefix(prefix) {
         out.push_str(rest);
         return;
     }
-    let common = text
-        .char_indices()
-        .zip(prefix.chars())
-        .find(|((_, a), b)| a != b)
-        .map_or(text.len().min(prefix.len()), |((i, _), _)| i);
-    let mut start = text.len().min(prefix.len().max(common));
+    let mut start = prefix.len().min(text.len());
     while !text.is_char_boundary(start) {
         start -= 1;
     }
@@ -364,9 +361,8 @@ fn drain_utf8(buf: &mut Vec<u8>, out: &mut String, per_byte: bool) {
                 pos += valid;
                 match err.error_len() {
                     Some(len) => {
-                        for _ in 0..if per_byte { len } else { 1 } {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                        }
+                        let count = if per_byte { len } else { 1 };
+                        out.extend(std::iter::repeat(char::REPLACEMENT_CHARACTER).take(count));
                         pos += len;
                     }
                     None => break,
@@ -594,11 +590,7 @@ mod tests {
         inner.with_decoder(Some(tokenizers::decoders::sequence::Sequence::new(vec![
             decoder,
         ])));
-        let wrapped = match inner.get_decoder() {
-            Some(tokenizers::decoders::DecoderWrapper::Sequence(_)) => inner,
-            _ => unreachable!(),
-        };
-        Arc::new(Tokenizer::new(wrapped))
+        Arc::new(Tokenizer::new(inner))
     }
 
     fn all_tokenizers() -> Vec<Arc<Tokenizer>> {
