@@ -3,7 +3,10 @@
 //! The logic modules never name a pyo3 type, so `cargo test` exercises them with no
 //! Python; `py` is the one thin binding layer that becomes `rsllm._core`.
 
+pub mod detokenizer;
 pub mod error;
 mod py;
+pub mod stop;
+pub mod tokenizer;
 
 pub use error::{CoreError, CoreResult};
