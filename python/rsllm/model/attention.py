@@ -20,7 +20,7 @@ that prefill this step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -48,6 +48,9 @@ class _DecodePlan:
     rows: torch.Tensor | None  # [Rd] token rows of the decodes; None: rows are 0..T-1
     block_tables: torch.Tensor  # [Rd, nb]
     mask: torch.Tensor  # [Rd, 1, 1, nb * block_size] bool, True = attend
+    # Per-step scratch shared by all layers (same shapes in every layer), by dtype:
+    # gather buffers, the additive mask, the head-block identity.
+    scratch: dict[torch.dtype, tuple[torch.Tensor, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,7 +137,55 @@ def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
     """[R, nb] block ids -> [R, Hkv, nb * block_size, D] (a strided view of one gather)."""
     r, nb = block_tables.shape
     _, bs, hkv, d = cache.shape
-    return cache[block_tables].view(r, nb * bs, hkv, d).transpose(1, 2)
+    return cache.index_select(0, block_tables.view(-1)).view(r, nb * bs, hkv, d).transpose(1, 2)
+
+
+# Below this many decodes one SDPA call is cheapest; above, SDPA's per-(request, head)
+# work on strided K/V dominates and the batched matmuls of `_decode` win (measured).
+_SDPA_MAX_DECODES = 3
+
+
+def _decode(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    dp: _DecodePlan,
+    scale: float,
+) -> torch.Tensor:
+    """One query per request: [R, Hq, D] -> [R, Hq, D].
+
+    Large batches: each request's gathered K stays [L, Hkv * D] (contiguous), and the
+    query becomes block-diagonal [Hq, Hkv * D] (head h's queries only in h's columns),
+    so scores and output are two big batched matmuls with no K/V transpose or GQA repeat;
+    the output keeps the diagonal blocks. Costs Hkv x the FLOPs of attention, which are
+    small next to the memory traffic of the gather.
+    """
+    r, hq, d = query.shape
+    nb = dp.block_tables.shape[1]
+    _, bs, hkv, _ = key_cache.shape
+    group = hq // hkv
+    if r <= _SDPA_MAX_DECODES:
+        k, v = _gather(key_cache, dp.block_tables), _gather(value_cache, dp.block_tables)
+        q = query.view(r, hkv, group, d)  # query heads of a KV head as rows: no K/V repeat
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=dp.mask, scale=scale)
+        return out.reshape(r, hq, d)
+    scratch = dp.scratch.get(query.dtype)
+    if scratch is None:
+        length = nb * bs
+        bias = torch.zeros(r, 1, length, dtype=query.dtype, device=query.device)
+        bias.masked_fill_(~dp.mask.view(r, 1, length), float("-inf"))
+        eye = torch.eye(hkv, dtype=query.dtype, device=query.device).view(1, hkv, 1, hkv, 1)
+        kbuf = key_cache.new_empty(r * nb, bs, hkv, d)
+        vbuf = value_cache.new_empty(r * nb, bs, hkv, d)
+        scratch = dp.scratch[query.dtype] = (bias, eye, kbuf, vbuf)
+    bias, eye, kbuf, vbuf = scratch
+    ids = dp.block_tables.view(-1)
+    k = torch.index_select(key_cache, 0, ids, out=kbuf).view(r, -1, hkv * d)  # [R, L, Hkv*D]
+    v = torch.index_select(value_cache, 0, ids, out=vbuf).view(r, -1, hkv * d)
+    qb = (query.view(r, hkv, group, 1, d) * eye).view(r, hq, hkv * d)  # block-diagonal
+    scores = torch.baddbmm(bias, qb, k.transpose(1, 2), alpha=scale)  # [R, Hq, L]
+    o = torch.bmm(scores.softmax(dim=-1), v).view(r, hkv, group, hkv, d)
+    return torch.diagonal(o, dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(r, hq, d)
 
 
 def attend_reference(
@@ -146,25 +197,16 @@ def attend_reference(
 ) -> torch.Tensor:
     """query [T, Hq, D] -> out [T, Hq, D] from the paged cache, following `plan`."""
     t, hq, d = query.shape
-    hkv = key_cache.shape[2]
-    group = hq // hkv
     if query.dtype != key_cache.dtype:
         query = query.to(key_cache.dtype)
     dp, pp = plan.decode, plan.prefill
     if dp is not None and pp is None and dp.rows is None:
-        # Decode only: fold the query heads of each KV head into rows, no K/V repeat.
-        q = query.view(t, hkv, group, d)  # [R, Hkv, G, D]
-        k, v = _gather(key_cache, dp.block_tables), _gather(value_cache, dp.block_tables)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=dp.mask, scale=scale)
-        return out.reshape(t, hq, d)
+        return _decode(query, key_cache, value_cache, dp, scale)
     out = query.new_empty(t, hq, d)
     if dp is not None:
-        rd = dp.block_tables.shape[0]
         assert dp.rows is not None
-        q = query.index_select(0, dp.rows).view(rd, hkv, group, d)
-        k, v = _gather(key_cache, dp.block_tables), _gather(value_cache, dp.block_tables)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=dp.mask, scale=scale)
-        out.index_copy_(0, dp.rows, o.reshape(rd, hq, d))
+        o = _decode(query.index_select(0, dp.rows), key_cache, value_cache, dp, scale)
+        out.index_copy_(0, dp.rows, o)
     if pp is not None:
         rp, qmax = pp.rows.shape
         q = query[pp.rows].transpose(1, 2)  # [Rp, Hq, Qmax, D]

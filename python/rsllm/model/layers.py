@@ -19,6 +19,43 @@ def _param(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Paramete
     return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
 
 
+class Linear(nn.Module):
+    """`y = x W^T (+ b)`. On a CPU, `pack()` reorders W once into oneDNN's blocked layout
+    (`mkldnn._linear_pointwise`), about 2x faster than `F.linear` for decode-sized inputs."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = False,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.weight = _param(out_features, in_features, dtype=dtype, device=device)
+        self.bias = _param(out_features, dtype=dtype, device=device) if bias else None
+        self.packed: torch.Tensor | None = None
+
+    def pack(self) -> None:
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.data)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
+    """oneDNN packing pays for bf16/fp16 on CPUs; fp32 keeps `F.linear` (MKL), whose
+    rounding matches transformers' so that fp32 greedy output compares token for token."""
+    return (
+        device.type == "cpu"
+        and dtype in (torch.bfloat16, torch.float16)
+        and torch.backends.mkldnn.is_available()
+    )
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with an optional fused residual add (`x + residual` is returned as the new
     residual, so each decoder layer does one add and one norm per sub-block)."""
@@ -100,13 +137,11 @@ class GatedMLP(nn.Module):
     def __init__(self, cfg: ArchConfig, *, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
         inter = cfg.intermediate_size
-        self.gate_up_proj = nn.Module()
-        self.gate_up_proj.weight = _param(2 * inter, cfg.hidden_size, dtype=dtype, device=device)
-        self.down_proj = nn.Module()
-        self.down_proj.weight = _param(cfg.hidden_size, inter, dtype=dtype, device=device)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * inter, dtype=dtype, device=device)
+        self.down_proj = Linear(inter, cfg.hidden_size, dtype=dtype, device=device)
         self.inter = inter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = F.linear(x, self.gate_up_proj.weight)  # [T, 2 * inter]
+        gate_up = self.gate_up_proj(x)  # [T, 2 * inter]
         act = F.silu(gate_up[:, : self.inter]).mul_(gate_up[:, self.inter :])
-        return F.linear(act, self.down_proj.weight)
+        return self.down_proj(act)

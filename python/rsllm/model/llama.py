@@ -16,7 +16,15 @@ from torch import nn
 from rsllm.errors import ModelLoadError
 from rsllm.model.arch_config import ArchConfig
 from rsllm.model.attention import AttentionBackend, AttentionMetadata
-from rsllm.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, _param, apply_rope
+from rsllm.model.layers import (
+    GatedMLP,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    _param,
+    apply_rope,
+    can_pack,
+)
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,16 +54,11 @@ class LlamaAttention(nn.Module):
             cfg.head_dim,
         )
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        self.qkv_proj = nn.Module()
-        self.qkv_proj.weight = _param(
-            (hq + 2 * hkv) * d, cfg.hidden_size, dtype=dtype, device=device
-        )
-        self.qkv_proj.bias = (
-            _param((hq + 2 * hkv) * d, dtype=dtype, device=device) if cfg.attention_bias else None
+        self.qkv_proj = Linear(
+            cfg.hidden_size, (hq + 2 * hkv) * d, bias=cfg.attention_bias, dtype=dtype, device=device
         )
         self.shard_sizes = (hq * d, hkv * d, hkv * d)
-        self.o_proj = nn.Module()
-        self.o_proj.weight = _param(cfg.hidden_size, hq * d, dtype=dtype, device=device)
+        self.o_proj = Linear(hq * d, cfg.hidden_size, dtype=dtype, device=device)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, device=device)
@@ -82,7 +85,7 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:
         t = x.shape[0]
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)  # [T, (Hq + 2Hkv) * D]
+        qkv = self.qkv_proj(x)  # [T, (Hq + 2Hkv) * D]
         qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
         if self.qk_norm:
             # q_norm and k_norm in one op: per-head RMSNorm, then each head's own weight.
@@ -93,7 +96,7 @@ class LlamaAttention(nn.Module):
         key_cache, value_cache = kv_cache
         self.backend.store_kv(k, v, key_cache, value_cache, meta)
         out = self.backend.attend(q, key_cache, value_cache, meta, self.scale)  # [T, Hq, D]
-        return F.linear(out.reshape(t, hq * d), self.o_proj.weight)
+        return self.o_proj(out.reshape(t, hq * d))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -189,13 +192,10 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = LlamaModel(cfg, backend, max_model_len, dtype=dtype, device=device)
-        self.lm_head = nn.Module()
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, dtype=dtype, device=device)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        else:
-            self.lm_head.weight = _param(
-                cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=device
-            )
+        self.pack_linears = can_pack(device, dtype)
 
     def forward(
         self,
@@ -207,7 +207,7 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head.weight).float()
+        return self.lm_head(hidden).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors in, stacking q/k/v and gate/up; every parameter must be set."""
@@ -245,19 +245,13 @@ class LlamaForCausalLM(nn.Module):
             raise ModelLoadError(f"weights missing from the checkpoint: {missing[:5]}...")
         self.finish_loading()
 
-    def init_random(self, seed: int = 0) -> None:
-        """Random weights of the right shapes (benchmarks, tests): N(0, 0.02), norms at 1."""
-        gen = torch.Generator().manual_seed(seed)
-        for name, p in self.named_parameters():
-            if name.endswith("norm.weight"):
-                p.data.fill_(1.0)
-            else:
-                p.data.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-        self.finish_loading()
-
     def finish_loading(self) -> None:
         for layer in self.model.layers:
             layer.self_attn.finish_loading()
+        if self.pack_linears:
+            for module in self.modules():
+                if isinstance(module, Linear):
+                    module.pack()
 
     def _shard_sizes(self, fused_name: str) -> tuple[int, ...]:
         if ".qkv_proj." in fused_name:

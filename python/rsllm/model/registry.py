@@ -9,6 +9,7 @@ import torch
 from rsllm.errors import ModelLoadError
 from rsllm.model.arch_config import ArchConfig
 from rsllm.model.attention import AttentionBackend, select_backend
+from rsllm.model.dummy import dummy_state_dict
 from rsllm.model.llama import LlamaForCausalLM, MistralForCausalLM
 from rsllm.model.qwen import Qwen2ForCausalLM, Qwen3ForCausalLM
 
@@ -36,7 +37,8 @@ def build_model(
 ) -> LlamaForCausalLM:
     """Build a model from a HF config dict and load `state_dict` (HF names, any float dtype).
 
-    `state_dict=None` gives random weights of the config's shapes (seeded by `seed`).
+    `state_dict` None or empty gives random weights of the config's shapes
+    (`rsllm.model.dummy.dummy_state_dict`, seeded by `seed`).
     `max_model_len` (default: the config's max_position_embeddings) sizes the rope table.
     """
     cfg = ArchConfig.from_hf(hf_config)
@@ -59,9 +61,8 @@ def build_model(
         else attention_backend
     )
     model = cls(cfg, backend, max_len, dtype=dtype, device=device)
-    if state_dict is None:
-        model.init_random(seed)
-    else:
-        model.load_weights(state_dict.items())
+    if not state_dict:  # None, or the loader's empty dict for load_format="dummy"
+        state_dict = dummy_state_dict(hf_config, dtype, device, seed)
+    model.load_weights(state_dict.items())
     model.eval()
     return model
