@@ -270,7 +270,8 @@ impl BlockPool {
         while rb.keys.len() < n {
             let i = rb.keys.len();
             let parent = if i == 0 { root } else { rb.keys[i - 1] };
-            rb.keys.push(block_key(parent, &tokens[i * bs..(i + 1) * bs]));
+            rb.keys
+                .push(block_key(parent, &tokens[i * bs..(i + 1) * bs]));
         }
     }
 
@@ -321,7 +322,10 @@ impl BlockPool {
         let have = rb.table.len() + hits.len();
         let need = total.div_ceil(bs).saturating_sub(have);
         // Hits sitting in the free queue leave it when taken: they are not free to give.
-        let free_hits = hits.iter().filter(|&&b| self.ref_cnt[b as usize] == 0).count();
+        let free_hits = hits
+            .iter()
+            .filter(|&&b| self.ref_cnt[b as usize] == 0)
+            .count();
         if need > self.num_free - free_hits {
             return false;
         }
@@ -344,7 +348,12 @@ impl BlockPool {
                 self.ensure_keys(rb, tokens, root, full);
                 for i in rb.num_done..full {
                     let parent = if i == 0 { root } else { rb.keys[i - 1] };
-                    self.cache(rb.table[i], parent, rb.keys[i], &tokens[i * bs..(i + 1) * bs]);
+                    self.cache(
+                        rb.table[i],
+                        parent,
+                        rb.keys[i],
+                        &tokens[i * bs..(i + 1) * bs],
+                    );
                 }
                 rb.num_done = full;
             }
@@ -441,7 +450,9 @@ mod tests {
     use super::*;
 
     fn toks(n: usize, seed: u32) -> Vec<u32> {
-        (0..n as u32).map(|i| i.wrapping_mul(7919).wrapping_add(seed)).collect()
+        (0..n as u32)
+            .map(|i| i.wrapping_mul(7919).wrapping_add(seed))
+            .collect()
     }
 
     fn alloc(pool: &mut BlockPool, rb: &mut RequestBlocks, t: &[u32], root: u64) -> usize {
@@ -503,7 +514,8 @@ mod tests {
         assert!(b.table[2..].iter().all(|x| !a.table.contains(x)));
         assert_eq!(pool.ref_count(a.table[0]), 2);
         assert_eq!(pool.ref_count(a.table[2]), 1);
-        pool.check([a.table.as_slice(), b.table.as_slice()].into_iter()).unwrap();
+        pool.check([a.table.as_slice(), b.table.as_slice()].into_iter())
+            .unwrap();
         // A different salt shares nothing.
         let mut c = RequestBlocks::default();
         assert_eq!(alloc(&mut pool, &mut c, &ta, root_key(Some("x"))), 0);

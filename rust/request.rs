@@ -138,7 +138,9 @@ impl StopConditions {
     pub fn from_new(new: &NewRequest) -> CoreResult<Self> {
         let max_tokens = count("max_tokens", new.max_tokens)?;
         if max_tokens == 0 {
-            return Err(CoreError::InvalidRequest("max_tokens must be at least 1".into()));
+            return Err(CoreError::InvalidRequest(
+                "max_tokens must be at least 1".into(),
+            ));
         }
         let min_tokens = count("min_tokens", new.min_tokens)?;
         if min_tokens > max_tokens {

@@ -216,6 +216,15 @@ impl Scheduler {
             .ok_or_else(|| CoreError::UnknownRequest(request_id.to_string()))
     }
 
+    pub fn slot_of(&self, request_id: &str) -> Option<u32> {
+        self.index.get(request_id).copied()
+    }
+
+    /// The results of the last `update`.
+    pub fn outputs(&self) -> &[StepOutput] {
+        &self.outputs
+    }
+
     /// The id of the request in `slot`, if the slot holds one.
     pub fn request_id(&self, slot: u32) -> Option<&str> {
         self.slots
@@ -242,10 +251,7 @@ impl Scheduler {
     pub fn add_request(&mut self, new: NewRequest) -> CoreResult<u32> {
         let invalid = |m: String| Err(CoreError::InvalidRequest(m));
         if self.index.contains_key(&new.request_id) {
-            return invalid(format!(
-                "request id {:?} is already in use",
-                new.request_id
-            ));
+            return invalid(format!("request id {:?} is already in use", new.request_id));
         }
         let tokens = prompt_tokens(&new)?;
         let stop = StopConditions::from_new(&new)?;
@@ -401,11 +407,11 @@ impl Scheduler {
 
     /// Decide the next step and fill the batch (`batch()`).
     pub fn schedule(&mut self) -> CoreResult<&Batch> {
-        if self
-            .pending
-            .iter()
-            .any(|&(slot, seq)| self.slots[slot as usize].as_ref().is_some_and(|r| r.seq == seq))
-        {
+        if self.pending.iter().any(|&(slot, seq)| {
+            self.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|r| r.seq == seq)
+        }) {
             return Err(CoreError::InvalidRequest(
                 "schedule() called again before update() of the previous step".into(),
             ));
@@ -577,15 +583,15 @@ impl Scheduler {
         self.outputs.clear();
         let max_model_len = self.config.max_model_len;
         let mut any_finished = false;
-        for k in 0..self.pending.len() {
-            let (slot, seq) = self.pending[k];
+        let pending = std::mem::take(&mut self.pending);
+        for (&(slot, seq), &token) in pending.iter().zip(sampled) {
             let Some(r) = self.slots[slot as usize].as_mut() else {
                 continue; // aborted after the step was scheduled
             };
             if r.seq != seq {
                 continue;
             }
-            let token = sampled[k] as u32;
+            let token = token as u32;
             r.tokens.push(token);
             let stop = r.check_stop(max_model_len);
             if stop.is_some() {
@@ -599,6 +605,8 @@ impl Scheduler {
                 stop_reason: stop.and_then(|s| s.1),
             });
         }
+        // Keep the buffer's capacity for the next step.
+        self.pending = pending;
         self.pending.clear();
         if any_finished {
             let slots = &self.slots;
@@ -630,8 +638,7 @@ impl Scheduler {
         let live: Vec<&Request> = self.slots.iter().flatten().collect();
         self.pool
             .check(live.iter().map(|r| r.blocks.table.as_slice()))?;
-        if live.len() != self.index.len() || live.len() != self.running.len() + self.waiting.len()
-        {
+        if live.len() != self.index.len() || live.len() != self.running.len() + self.waiting.len() {
             return Err(format!(
                 "{} requests but {} indexed, {} running and {} waiting",
                 live.len(),
@@ -644,7 +651,9 @@ impl Scheduler {
             return Err("more running requests than max_num_seqs".into());
         }
         for &slot in &self.running {
-            let r = self.slots[slot as usize].as_ref().ok_or("running slot is empty")?;
+            let r = self.slots[slot as usize]
+                .as_ref()
+                .ok_or("running slot is empty")?;
             if r.status != RequestStatus::Running || r.wait_key.is_some() {
                 return Err(format!("running request {} has a waiting state", r.id));
             }
@@ -659,7 +668,9 @@ impl Scheduler {
             }
         }
         for (key, &slot) in &self.waiting {
-            let r = self.slots[slot as usize].as_ref().ok_or("waiting slot is empty")?;
+            let r = self.slots[slot as usize]
+                .as_ref()
+                .ok_or("waiting slot is empty")?;
             if r.wait_key != Some(*key) || !r.blocks.table.is_empty() {
                 return Err(format!("waiting request {} is inconsistent", r.id));
             }

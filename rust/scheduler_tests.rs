@@ -30,7 +30,9 @@ fn new_req(id: &str, prompt: &[i64], max_tokens: i64) -> NewRequest {
 }
 
 fn prompt(n: usize, seed: i64) -> Vec<i64> {
-    (0..n as i64).map(|i| 1 + (i * 31 + seed * 7) % 1000).collect()
+    (0..n as i64)
+        .map(|i| 1 + (i * 31 + seed * 7) % 1000)
+        .collect()
 }
 
 /// One step's batch, copied with the request ids, and the update's outputs.
@@ -103,12 +105,19 @@ fn check_batch(s: &Scheduler, b: &Batch) {
     assert!(b.num_tokens() <= cfg.max_num_batched_tokens);
     assert!(b.num_reqs() <= cfg.max_num_seqs);
     let unique: HashSet<i64> = b.slot_mapping.iter().copied().collect();
-    assert_eq!(unique.len(), b.slot_mapping.len(), "a KV slot is written twice");
+    assert_eq!(
+        unique.len(),
+        b.slot_mapping.len(),
+        "a KV slot is written twice"
+    );
     assert_eq!(b.query_start_loc.len(), b.num_reqs() + 1);
     let cols = b.max_num_blocks;
     for r in 0..b.num_reqs() {
         let req = s.req(b.req_slots[r]);
-        let (lo, hi) = (b.query_start_loc[r] as usize, b.query_start_loc[r + 1] as usize);
+        let (lo, hi) = (
+            b.query_start_loc[r] as usize,
+            b.query_start_loc[r + 1] as usize,
+        );
         assert!(hi > lo);
         assert_eq!(b.seq_lens[r] as usize, req.num_computed_tokens);
         let table = &b.block_tables[r * cols..(r + 1) * cols];
@@ -148,7 +157,10 @@ fn prefill_then_decode_then_length() {
     let st = step(&mut s, |_, _| 6);
     assert_eq!((st.num_new[0], st.num_computed[0]), (1, 10));
     let st = step(&mut s, |_, _| 7);
-    assert_eq!(st.outputs, vec![("a".into(), 7, Some(FinishReason::Length))]);
+    assert_eq!(
+        st.outputs,
+        vec![("a".into(), 7, Some(FinishReason::Length))]
+    );
     assert!(!s.has_unfinished_requests());
     assert_eq!(s.stats().free_blocks, 31);
 }
@@ -197,7 +209,10 @@ fn without_chunking_a_prompt_waits_for_a_step_with_room() {
     // Without chunking the budget must hold max_model_len.
     let mut bad = config(64, 4);
     bad.enable_chunked_prefill = false;
-    assert!(matches!(Scheduler::new(bad), Err(CoreError::InvalidRequest(_))));
+    assert!(matches!(
+        Scheduler::new(bad),
+        Err(CoreError::InvalidRequest(_))
+    ));
 }
 
 #[test]
@@ -206,7 +221,8 @@ fn max_num_seqs_caps_running_requests() {
     cfg.max_num_seqs = 2;
     let mut s = Scheduler::new(cfg).unwrap();
     for i in 0..3 {
-        s.add_request(new_req(&format!("r{i}"), &prompt(3, i), 2)).unwrap();
+        s.add_request(new_req(&format!("r{i}"), &prompt(3, i), 2))
+            .unwrap();
     }
     let st = step(&mut s, |_, _| 5);
     assert_eq!(st.ids, vec!["r0", "r1"]);
@@ -236,7 +252,10 @@ fn preemption_takes_the_last_admitted_and_recomputes_it_first() {
     assert_eq!(s.request("b").unwrap().output_token_ids(), &[5, 5, 5]);
     let steps = run_to_end(&mut s, 20);
     // b comes back with its outputs recomputed: prompt 4 + 3 outputs in one go.
-    let back = steps.iter().find(|st| st.ids.contains(&"b".to_string())).unwrap();
+    let back = steps
+        .iter()
+        .find(|st| st.ids.contains(&"b".to_string()))
+        .unwrap();
     let i = back.ids.iter().position(|id| id == "b").unwrap();
     assert_eq!((back.num_computed[i], back.num_new[i]), (0, 7));
     assert_eq!(s.stats().num_preemptions, 1);
@@ -295,8 +314,8 @@ fn priority_victim_already_scheduled_gives_back_its_tokens_and_cache() {
     step(&mut s, |_, _| 5); // low alone: 2 blocks
     s.add_request(high).unwrap();
     step(&mut s, |_, _| 5); // low decodes (4 tokens, block 2 full), high prefills 2 blocks
-    // Running order is [low, high]. low takes its 3rd block (the last free one)
-    // first; high then finds none and low, already scheduled, is the victim.
+                            // Running order is [low, high]. low takes its 3rd block (the last free one)
+                            // first; high then finds none and low, already scheduled, is the victim.
     let st = step(&mut s, |_, _| 5);
     assert_eq!(st.ids, vec!["high"]);
     assert_eq!(st.preempted, vec!["low"]);
@@ -396,7 +415,10 @@ fn abort_in_every_state() {
     s.abort_request("wait").unwrap();
     s.abort_request("chunk").unwrap();
     // Abort between schedule and update: the sampled token is dropped.
-    assert_eq!(s.schedule().unwrap().finished_req_ids, vec!["wait", "chunk"]);
+    assert_eq!(
+        s.schedule().unwrap().finished_req_ids,
+        vec!["wait", "chunk"]
+    );
     s.abort_request("run").unwrap();
     assert_eq!(s.update(&[5]).unwrap().len(), 0);
     s.check_invariants().unwrap();
@@ -427,11 +449,17 @@ fn invalid_requests_are_rejected_with_reasons() {
     assert!(err(&mut s2, new_req("b", &prompt(16, 1), 1)).contains("max_model_len"));
     // Wrong number of sampled tokens.
     s.schedule().unwrap();
-    assert!(matches!(s.update(&[1, 2]), Err(CoreError::InvalidRequest(_))));
+    assert!(matches!(
+        s.update(&[1, 2]),
+        Err(CoreError::InvalidRequest(_))
+    ));
     assert!(matches!(s.update(&[-3]), Err(CoreError::InvalidRequest(_))));
     assert!(matches!(s.schedule(), Err(CoreError::InvalidRequest(_))));
     s.update(&[1]).unwrap();
-    assert!(matches!(Policy::parse("lifo"), Err(CoreError::InvalidRequest(_))));
+    assert!(matches!(
+        Policy::parse("lifo"),
+        Err(CoreError::InvalidRequest(_))
+    ));
     assert!(Scheduler::new(config(1, 4)).is_err());
 }
 
@@ -470,25 +498,29 @@ fn cfg_strategy() -> impl Strategy<Value = SchedulerConfig> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(num_blocks, block_size, max_num_seqs, budget, cache, chunk, prio)| {
-            let max_model_len = if chunk { 64 } else { budget.max(2) };
-            SchedulerConfig {
-                num_blocks,
-                block_size,
-                max_num_seqs,
-                max_num_batched_tokens: if chunk { budget } else { max_model_len },
-                max_model_len,
-                enable_prefix_caching: cache,
-                enable_chunked_prefill: chunk,
-                policy: if prio { Policy::Priority } else { Policy::Fcfs },
-            }
-        })
+        .prop_map(
+            |(num_blocks, block_size, max_num_seqs, budget, cache, chunk, prio)| {
+                let max_model_len = if chunk { 64 } else { budget.max(2) };
+                SchedulerConfig {
+                    num_blocks,
+                    block_size,
+                    max_num_seqs,
+                    max_num_batched_tokens: if chunk { budget } else { max_model_len },
+                    max_model_len,
+                    enable_prefix_caching: cache,
+                    enable_chunked_prefill: chunk,
+                    policy: if prio { Policy::Priority } else { Policy::Fcfs },
+                }
+            },
+        )
 }
 
 /// A deterministic "model": the sampled token depends on the request and position,
 /// and is EOS now and then.
 fn sample(id: &str, i: usize) -> i64 {
-    let h = id.bytes().fold(i as u64 * 0x9E37, |h, b| h.wrapping_mul(31) + u64::from(b));
+    let h = id
+        .bytes()
+        .fold(i as u64 * 0x9E37, |h, b| h.wrapping_mul(31) + u64::from(b));
     if h % 11 == 0 {
         EOS
     } else {
@@ -502,7 +534,9 @@ type Model = HashMap<String, (Vec<i64>, usize, i64)>;
 /// Check a step's outputs against the model of every request's tokens.
 fn apply(s: &Scheduler, st: &Step, model: &mut Model) -> Result<(), TestCaseError> {
     for (id, token, reason) in &st.outputs {
-        let entry = model.get_mut(id).ok_or_else(|| TestCaseError::fail("unknown output"))?;
+        let entry = model
+            .get_mut(id)
+            .ok_or_else(|| TestCaseError::fail("unknown output"))?;
         entry.0.push(i64::from(*token));
         let (toks, n_prompt, max_tokens) = entry.clone();
         let n_out = (toks.len() - n_prompt) as i64;
@@ -528,7 +562,7 @@ fn apply(s: &Scheduler, st: &Step, model: &mut Model) -> Result<(), TestCaseErro
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn random_workloads_keep_every_invariant(
