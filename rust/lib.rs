@@ -3,9 +3,13 @@
 //! The logic modules never name a pyo3 type, so `cargo test` exercises them with no
 //! Python; `py` is the one thin binding layer that becomes `rsllm._core`.
 
+pub mod batch;
+pub mod block_pool;
 pub mod detokenizer;
 pub mod error;
 mod py;
+pub mod request;
+pub mod scheduler;
 pub mod stop;
 pub mod tokenizer;
 

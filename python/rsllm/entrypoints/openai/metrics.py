@@ -29,8 +29,10 @@ logger = logging.getLogger("rsllm.serve")
 # The `*_created` timestamp series only double the output (vLLM turns them off too).
 disable_created_metrics()
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0)
-_LATENCY_BUCKETS += (7.5, 10.0, 20.0, 40.0, 80.0)
+_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+)  # fmt: skip
 
 
 class _StatsSource(Protocol):

@@ -56,7 +56,7 @@ class OpenAIServingChat(OpenAIServing):
         tools = self._check_tools_and_formats(request)
         prompt_text = self.render(request, tools)
         prompt_ids = list(
-            self.tokenizer.encode(prompt_text, add_special_tokens=request.add_special_tokens)
+            self.tok.encode(prompt_text, add_special_tokens=request.add_special_tokens)
         )
         requested = (
             request.max_completion_tokens
@@ -93,7 +93,7 @@ class OpenAIServingChat(OpenAIServing):
 
     def render(self, request: ChatCompletionRequest, tools: list[dict[str, Any]] | None) -> str:
         source = request.chat_template or self.config.chat_template
-        source = source or getattr(self.tokenizer, "chat_template", None)
+        source = source or self.tok.chat_template
         if not source:
             raise InvalidRequestError(
                 "this model has no chat template: start the server with --chat-template "
@@ -102,8 +102,8 @@ class OpenAIServingChat(OpenAIServing):
         return render_chat(
             source,
             [m.model_dump(exclude_none=True) for m in request.messages],
-            bos_token=getattr(self.tokenizer, "bos_token", None),
-            eos_token=getattr(self.tokenizer, "eos_token", None),
+            bos_token=self.tok.bos_token,
+            eos_token=self.tok.eos_token,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             tools=tools,

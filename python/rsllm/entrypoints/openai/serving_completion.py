@@ -105,9 +105,7 @@ class OpenAIServingCompletion(OpenAIServing):
         out = []
         for item in items:
             if isinstance(item, str):
-                ids = list(
-                    self.tokenizer.encode(item, add_special_tokens=request.add_special_tokens)
-                )
+                ids = list(self.tok.encode(item, add_special_tokens=request.add_special_tokens))
                 out.append(_Prompt(ids, item))
             else:
                 self.check_token_ids(item, "prompt")
@@ -118,7 +116,7 @@ class OpenAIServingCompletion(OpenAIServing):
 
     def _prompt_text(self, prompt: _Prompt) -> str:
         if prompt.text is None:
-            prompt.text = str(self.tokenizer.decode(prompt.token_ids, skip_special_tokens=False))
+            prompt.text = str(self.tok.decode(prompt.token_ids, skip_special_tokens=False))
         return prompt.text
 
     def _append_logprobs(
@@ -324,13 +322,13 @@ async def _merge(
     try:
         remaining = len(tasks)
         while remaining:
-            i, item = await queue.get()
-            if item is None:
+            i, got = await queue.get()
+            if got is None:
                 remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
+            elif isinstance(got, BaseException):
+                raise got
             else:
-                yield i, item
+                yield i, got
     finally:
         for task in tasks:
             task.cancel()

@@ -26,6 +26,9 @@ logger = logging.getLogger("rsllm.serve")
 # A client that went away gets no answer; 499 only shows in the access log.
 CLIENT_CLOSED = 499
 
+# OpenAI's limit on choices per request; more would only queue behind each other.
+MAX_N = 128
+
 # Logprobs may be -inf (a token masked out); JSON has no infinity, so clamp like vLLM.
 _MIN_LOGPROB = -9999.0
 
@@ -33,11 +36,16 @@ _MIN_LOGPROB = -9999.0
 class Engine(Protocol):
     """The part of `rsllm.engine.async_llm.AsyncLLM` the server uses."""
 
-    served_model_name: str
-    max_model_len: int
-    tokenizer: Any
-    default_sampling_params: dict[str, Any]
-    errored: bool
+    @property
+    def served_model_name(self) -> str: ...
+    @property
+    def max_model_len(self) -> int: ...
+    @property
+    def tokenizer(self) -> Any: ...  # None with --skip-tokenizer-init
+    @property
+    def default_sampling_params(self) -> dict[str, Any]: ...
+    @property
+    def errored(self) -> bool: ...
 
     def generate(
         self,
@@ -51,6 +59,8 @@ class Engine(Protocol):
     async def abort(self, request_id: str) -> None: ...
 
     def get_stats(self) -> dict[str, Any]: ...
+
+    def shutdown(self) -> None: ...
 
 
 @dataclass
@@ -77,6 +87,20 @@ class OpenAIServing:
         self.metrics = metrics
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
+
+    @property
+    def tok(self) -> Any:
+        """The tokenizer, for what needs text; none with --skip-tokenizer-init."""
+        if self.tokenizer is None:
+            raise InvalidRequestError(
+                "the server runs without a tokenizer (--skip-tokenizer-init): "
+                "send prompts as token ids to /v1/completions"
+            )
+        return self.tokenizer
+
+    @property
+    def vocab_size(self) -> int | None:
+        return None if self.tokenizer is None else int(self.tokenizer.vocab_size)
 
     @property
     def model_name(self) -> str:
@@ -122,6 +146,8 @@ class OpenAIServing:
         logprobs: int | None,
         prompt_logprobs: int | None = None,
     ) -> SamplingParams:
+        if request.n is not None and request.n > MAX_N:
+            raise InvalidRequestError(f"n must be at most {MAX_N}, got {request.n}")
         for name, value in (("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)):
             if value is not None and value > self.config.max_logprobs:
                 raise InvalidRequestError(
@@ -156,14 +182,14 @@ class OpenAIServing:
     def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
         if not bias:
             return None
-        vocab = self.tokenizer.vocab_size
+        vocab = self.vocab_size
         out = {}
         for key, value in bias.items():
             try:
                 token = int(key)
             except ValueError:
                 raise InvalidRequestError(f"logit_bias: {key!r} is not a token id") from None
-            if not 0 <= token < vocab:
+            if token < 0 or (vocab is not None and token >= vocab):
                 raise InvalidRequestError(f"logit_bias: token id {token} is out of vocabulary")
             if not -100.0 <= value <= 100.0:
                 raise InvalidRequestError(f"logit_bias: {value} is outside [-100, 100]")
@@ -171,8 +197,8 @@ class OpenAIServing:
         return out
 
     def check_token_ids(self, ids: list[int], what: str) -> None:
-        vocab = self.tokenizer.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
+        vocab = self.vocab_size
+        bad = [t for t in ids if t < 0 or (vocab is not None and t >= vocab)]
         if bad:
             raise InvalidRequestError(f"{what}: token ids out of vocabulary: {bad[:5]}")
 
@@ -222,6 +248,8 @@ class OpenAIServing:
     def token_text(self, token_id: int, logprob: Logprob | None = None) -> str:
         if logprob is not None and logprob.decoded_token is not None:
             return logprob.decoded_token
+        if self.tokenizer is None:
+            return ""
         return str(self.tokenizer.decode([token_id], skip_special_tokens=False))
 
     def top_logprobs(self, entry: dict[int, Logprob], k: int) -> list[TopLogprob]:

@@ -32,7 +32,7 @@ class OpenAIServingTokenization(OpenAIServingChat):
         else:
             text = str(request.prompt)
             add_special = request.add_special_tokens is not False
-        ids = list(self.tokenizer.encode(text, add_special_tokens=add_special))
+        ids = list(self.tok.encode(text, add_special_tokens=add_special))
         strs = None
         if request.return_token_strs:
             strs = [self.token_text(t) for t in ids]
@@ -43,5 +43,5 @@ class OpenAIServingTokenization(OpenAIServingChat):
     def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         self.check_model(request.model)
         self.check_token_ids(request.tokens, "tokens")
-        text = self.tokenizer.decode(request.tokens, skip_special_tokens=False)
+        text = self.tok.decode(request.tokens, skip_special_tokens=False)
         return DetokenizeResponse(prompt=str(text))
