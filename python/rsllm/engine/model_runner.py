@@ -11,6 +11,7 @@ memory minus what is in use after loading the model. Block 0 is the null block.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -74,6 +75,18 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, PromptLogprobs] = field(default_factory=dict)
 
 
+def _keep_freed_memory() -> None:
+    """glibc returns large freed blocks to the OS and page-faults them back on the next
+    step; every decode step allocates the same few MB, so keep them (measured: the
+    per-layer attention time varies 3x without this). No-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: serve <= 32 MiB from the heap
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to 512 MiB of free heap
+    except (OSError, AttributeError):
+        pass
+
+
 def _available_ram() -> int:
     try:
         with open("/proc/meminfo") as f:
@@ -109,6 +122,8 @@ class ModelRunner:
         if block_size <= 0 or max_model_len <= 0 or max_num_seqs <= 0:
             raise InvalidRequestError("block_size, max_model_len and max_num_seqs must be > 0")
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            _keep_freed_memory()
         self.dtype = dtype
         self.block_size = block_size
         self.max_model_len = max_model_len
