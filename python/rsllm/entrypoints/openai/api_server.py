@@ -43,7 +43,7 @@ from rsllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from rsllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from rsllm.entrypoints.openai.serving_engine import Engine, ServerConfig
 from rsllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
-from rsllm.errors import EngineDeadError, InvalidRequestError
+from rsllm.errors import EngineDeadError, InvalidRequestError, RsllmError
 
 logger = logging.getLogger("rsllm.serve")
 _Body = TypeVar("_Body", bound=BaseModel)
@@ -200,7 +200,11 @@ def run_server(args: argparse.Namespace, given: set[str], parser: argparse.Argum
     from rsllm.engine.async_llm import AsyncLLM
 
     logger.info("rsllm %s: loading %s", rsllm.__version__, engine_args.model or "the default model")
-    engine = AsyncLLM.from_engine_args(engine_args)
+    try:
+        engine = AsyncLLM.from_engine_args(engine_args)
+    except RsllmError as e:  # a model or tokenizer that does not load: say so, no traceback
+        logger.error("cannot start: %s", e)
+        raise SystemExit(1) from None
     config = ServerConfig(
         served_model_names=engine_args.served_model_name or [engine.served_model_name],
         chat_template=chat_template,
