@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(BIN):$(PATH)
 
-RUST_SOURCES := $(wildcard rust/*.rs) Cargo.toml Cargo.lock
+RUST_SOURCES := $(wildcard rust/*.rs rust/py/*.rs) Cargo.toml Cargo.lock
 
 .PHONY: install build test lint test-rust test-python serve wheel bench clean
 

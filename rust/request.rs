@@ -5,12 +5,13 @@
 //! chunked prefill, decode and recomputation after preemption are one mechanism.
 
 use crate::block_pool::RequestBlocks;
+use crate::detokenizer::{DetokenizeParams, IncrementalDetokenizer};
 use crate::error::{CoreError, CoreResult};
 
 /// Why a request finished, as OpenAI's `finish_reason` spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// EOS or a stop token (later also a stop string).
+    /// EOS, a stop token or a stop string.
     Stop,
     /// `max_tokens` or `max_model_len` reached.
     Length,
@@ -37,7 +38,7 @@ pub enum RequestStatus {
 }
 
 /// What `add_request` receives, before validation.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct NewRequest {
     pub request_id: String,
     pub prompt_token_ids: Vec<i64>,
@@ -49,6 +50,8 @@ pub struct NewRequest {
     pub priority: i64,
     pub cache_salt: Option<String>,
     pub arrival_time: Option<f64>,
+    /// Detokenize the output (and check stop strings) with these settings; None: ids only.
+    pub detokenize: Option<DetokenizeParams>,
 }
 
 /// The token-level stop conditions (stop strings join them with the detokenizer).
@@ -61,7 +64,6 @@ pub struct StopConditions {
     pub ignore_eos: bool,
 }
 
-#[derive(Debug)]
 pub struct Request {
     pub id: String,
     /// Unique for the scheduler's lifetime (slots are reused, sequence numbers never).
@@ -83,8 +85,9 @@ pub struct Request {
     /// The key of the request in the waiting queue while it waits.
     pub wait_key: Option<WaitKey>,
     pub num_preemptions: u32,
-    // Room for the detokenizer's per-request state (incremental decode, stop strings):
-    // `update` appends a token and then runs every stop check of one request here.
+    /// Incremental text and stop strings; `update` runs it right after the token-level
+    /// stop checks, so a stop string finishes the request in the same call.
+    pub detok: Option<IncrementalDetokenizer>,
 }
 
 /// Waiting-queue order: (priority, arrival time, order of insertion). Under FCFS the
@@ -224,6 +227,7 @@ mod tests {
             blocks: RequestBlocks::default(),
             wait_key: None,
             num_preemptions: 0,
+            detok: None,
         }
     }
 

@@ -9,11 +9,14 @@
 //! step that preempted. `update` appends the sampled tokens and finishes what stopped.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::batch::{Batch, BatchRow, ScheduledRequest};
 use crate::block_pool::{root_key, BlockId, BlockPool};
+use crate::detokenizer::IncrementalDetokenizer;
 use crate::error::{CoreError, CoreResult};
+use crate::tokenizer::Tokenizer;
 use crate::request::{
     prompt_tokens, FinishReason, NewRequest, Request, RequestStatus, StopConditions, WaitKey,
 };
@@ -98,14 +101,20 @@ impl SchedulerConfig {
     }
 }
 
-/// One request's result of `update`: the token it sampled, and whether it finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One request's result of `update`: the token it sampled, the text that became
+/// visible, and whether it finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepOutput {
     pub slot: u32,
     pub token: u32,
+    /// New text that can be shown now (text that may still become a stop string is
+    /// held back until it cannot).
+    pub text: String,
     pub finish_reason: Option<FinishReason>,
     /// The stop token that finished the request (not set for EOS).
     pub stop_reason: Option<u32>,
+    /// The stop string that finished the request.
+    pub stop_str: Option<String>,
 }
 
 /// Counters for `stats()`.
@@ -125,6 +134,8 @@ pub struct SchedulerStats {
 
 pub struct Scheduler {
     config: SchedulerConfig,
+    /// Needed only by requests that detokenize.
+    tokenizer: Option<Arc<Tokenizer>>,
     pool: BlockPool,
     /// Requests by slot; `index` maps ids to slots. Slots are reused.
     slots: Vec<Option<Request>>,
@@ -165,6 +176,7 @@ impl Scheduler {
         );
         Ok(Scheduler {
             config,
+            tokenizer: None,
             pool,
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -183,6 +195,15 @@ impl Scheduler {
             prefix_cache_hits: 0,
             num_preemptions: 0,
         })
+    }
+
+    /// The tokenizer that requests with `NewRequest::detokenize` decode with.
+    pub fn set_tokenizer(&mut self, tokenizer: Arc<Tokenizer>) {
+        self.tokenizer = Some(tokenizer);
+    }
+
+    pub fn has_tokenizer(&self) -> bool {
+        self.tokenizer.is_some()
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -281,6 +302,15 @@ impl Scheduler {
                 self.pool.num_usable()
             ));
         }
+        let detok = match new.detokenize {
+            None => None,
+            Some(params) => {
+                let Some(tokenizer) = self.tokenizer.clone() else {
+                    return invalid("detokenization needs a tokenizer; the core has none".into());
+                };
+                Some(IncrementalDetokenizer::new(tokenizer, &tokens, params)?)
+            }
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let arrival_time = new.arrival_time.unwrap_or_else(now);
@@ -299,6 +329,7 @@ impl Scheduler {
             blocks: Default::default(),
             wait_key: None,
             num_preemptions: 0,
+            detok,
         };
         let slot = match self.free_slots.pop() {
             Some(slot) => slot,
@@ -593,7 +624,24 @@ impl Scheduler {
             }
             let token = token as u32;
             r.tokens.push(token);
-            let stop = r.check_stop(max_model_len);
+            let mut stop = r.check_stop(max_model_len);
+            let mut text = String::new();
+            let mut stop_str = None;
+            if let Some(detok) = r.detok.as_mut() {
+                // The text of EOS or a stop token that ends the request is not shown; an
+                // id the tokenizer lacks (a padded vocabulary) shows no text either.
+                let ends_on_token = matches!(stop, Some((FinishReason::Stop, _)));
+                let known = self.tokenizer.as_ref().is_some_and(|t| t.check_id(token).is_ok());
+                if !ends_on_token && known {
+                    if let Some(i) = detok.push(token, &mut text)? {
+                        stop_str = Some(detok.stop_string(i).to_string());
+                        stop = Some((FinishReason::Stop, None));
+                    }
+                }
+                if stop.is_some() && stop_str.is_none() {
+                    text.push_str(&detok.flush()?);
+                }
+            }
             if stop.is_some() {
                 any_finished = true;
                 self.remove_slot(slot);
@@ -601,8 +649,10 @@ impl Scheduler {
             self.outputs.push(StepOutput {
                 slot,
                 token,
+                text,
                 finish_reason: stop.map(|s| s.0),
                 stop_reason: stop.and_then(|s| s.1),
+                stop_str,
             });
         }
         // Keep the buffer's capacity for the next step.
@@ -687,3 +737,7 @@ impl Scheduler {
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "scheduler_detok_tests.rs"]
+mod detok_tests;

@@ -79,7 +79,9 @@ class StepOutput:
     @property
     def finish_reason(self) -> str | None: ...  # "stop" | "length"
     @property
-    def stop_reason(self) -> int | None: ...  # the stop token id; None for EOS
+    def stop_reason(self) -> int | str | None: ...  # stop string or token id; None for EOS
+    @property
+    def text(self) -> str: ...  # the text this token made visible
     def __len__(self) -> int: ...
     def __getitem__(self, key: int, /) -> str | int | bool | None: ...
 
@@ -98,6 +100,7 @@ class EngineCore:
         enable_prefix_caching: bool = True,
         enable_chunked_prefill: bool = True,
         policy: str = "fcfs",
+        tokenizer: Tokenizer | None = None,
     ) -> EngineCore: ...
     def add_request(
         self,
@@ -112,6 +115,11 @@ class EngineCore:
         priority: int = 0,
         cache_salt: str | None = None,
         arrival_time: float | None = None,
+        stop: Sequence[str] = ...,
+        include_stop_str_in_output: bool = False,
+        skip_special_tokens: bool = True,
+        spaces_between_special_tokens: bool = True,
+        detokenize: bool | None = None,
     ) -> None: ...
     def abort_request(self, request_id: str) -> None: ...
     def schedule(self) -> SchedulerOutput: ...

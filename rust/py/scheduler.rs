@@ -8,7 +8,9 @@ use pyo3::exceptions::{PyIndexError, PyOverflowError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList, PyString};
 
+use super::tokenizer::PyTokenizer;
 use super::{detach, to_pyerr};
+use crate::detokenizer::DetokenizeParams;
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngineCore>()?;
@@ -115,8 +117,12 @@ pub struct PyStepOutput {
     #[pyo3(get)]
     finish_reason: Option<&'static str>,
     /// The stop token id that finished the request (None for EOS).
-    #[pyo3(get)]
     stop_reason: Option<u32>,
+    /// The stop string that finished the request.
+    stop_str: Option<String>,
+    /// The new text this token made visible ("" when not detokenizing).
+    #[pyo3(get)]
+    text: String,
 }
 
 #[pymethods]
@@ -124,6 +130,16 @@ impl PyStepOutput {
     #[getter]
     fn finished(&self) -> bool {
         self.finish_reason.is_some()
+    }
+
+    /// What finished the request: the stop string, the stop token id, or None (EOS,
+    /// length), as vLLM's `stop_reason`.
+    #[getter]
+    fn stop_reason<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.stop_str {
+            Some(s) => Ok(PyString::new(py, s).into_any()),
+            None => Ok(self.stop_reason.into_pyobject(py)?.into_any()),
+        }
     }
 
     fn __len__(&self) -> usize {
@@ -137,7 +153,7 @@ impl PyStepOutput {
             1 => Ok(self.token_id.into_pyobject(py)?.into_any()),
             2 => Ok(PyBool::new(py, self.finished()).to_owned().into_any()),
             3 => Ok(self.finish_reason.into_pyobject(py)?.into_any()),
-            4 => Ok(self.stop_reason.into_pyobject(py)?.into_any()),
+            4 => self.stop_reason(py),
             _ => Err(PyIndexError::new_err("StepOutput index out of range")),
         }
     }
@@ -193,6 +209,7 @@ impl PyEngineCore {
         enable_prefix_caching = true,
         enable_chunked_prefill = true,
         policy = "fcfs",
+        tokenizer = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -205,6 +222,7 @@ impl PyEngineCore {
         enable_prefix_caching: bool,
         enable_chunked_prefill: bool,
         policy: &str,
+        tokenizer: Option<PyRef<'_, PyTokenizer>>,
     ) -> PyResult<Self> {
         let config = SchedulerConfig {
             num_blocks: size(py, "num_blocks", num_blocks)?,
@@ -216,7 +234,10 @@ impl PyEngineCore {
             enable_chunked_prefill,
             policy: Policy::parse(policy).map_err(|e| to_pyerr(py, e))?,
         };
-        let core = Scheduler::new(config).map_err(|e| to_pyerr(py, e))?;
+        let mut core = Scheduler::new(config).map_err(|e| to_pyerr(py, e))?;
+        if let Some(tokenizer) = tokenizer {
+            core.set_tokenizer(tokenizer.inner.clone());
+        }
         Ok(PyEngineCore {
             core,
             ids: Vec::new(),
@@ -238,6 +259,11 @@ impl PyEngineCore {
         priority = 0,
         cache_salt = None,
         arrival_time = None,
+        stop = Vec::new(),
+        include_stop_str_in_output = false,
+        skip_special_tokens = true,
+        spaces_between_special_tokens = true,
+        detokenize = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn add_request(
@@ -253,6 +279,11 @@ impl PyEngineCore {
         priority: i64,
         cache_salt: Option<String>,
         arrival_time: Option<f64>,
+        stop: Vec<String>,
+        include_stop_str_in_output: bool,
+        skip_special_tokens: bool,
+        spaces_between_special_tokens: bool,
+        detokenize: Option<bool>,
     ) -> PyResult<()> {
         let mut prompt = Vec::new();
         extract_ids("prompt_token_ids", prompt_token_ids, &mut prompt)?;
@@ -267,6 +298,14 @@ impl PyEngineCore {
             priority,
             cache_salt,
             arrival_time,
+            // By default, detokenize whenever the core has a tokenizer.
+            detokenize: detokenize.unwrap_or(self.core.has_tokenizer()).then(|| DetokenizeParams {
+                skip_special_tokens,
+                spaces_between_special_tokens,
+                stop,
+                include_stop_str_in_output,
+                min_tokens: usize::try_from(min_tokens).unwrap_or(0),
+            }),
         };
         let slot = self.core.add_request(new).map_err(|e| to_pyerr(py, e))? as usize;
         if self.ids.len() <= slot {
@@ -349,6 +388,8 @@ impl PyEngineCore {
                 token_id: o.token,
                 finish_reason: o.finish_reason.map(FinishReason::as_str),
                 stop_reason: o.stop_reason,
+                stop_str: o.stop_str.clone(),
+                text: o.text.clone(),
             });
         }
         for o in self.core.outputs() {

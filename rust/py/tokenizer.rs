@@ -65,8 +65,8 @@ fn ids_vec(py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
 
 /// A `tokenizer.json` loaded by the Rust `tokenizers` crate.
 #[pyclass(name = "Tokenizer", module = "rsllm._core", frozen)]
-struct PyTokenizer {
-    inner: Arc<Tokenizer>,
+pub(super) struct PyTokenizer {
+    pub(super) inner: Arc<Tokenizer>,
 }
 
 #[pymethods]

@@ -26,8 +26,11 @@ from rsllm.model.registry import build_model
 from rsllm.model.sampler import apply_token_bitmask, sample
 from rsllm.sampling_params import SamplingParams
 
-CPU_KV_CACHE_MAX_BYTES = 4 << 30
-CPU_KV_CACHE_RAM_SHARE = 0.2
+# The default KV cache on a CPU: the smaller of 2 GiB and 10% of the free RAM, and
+# never more than `max_num_seqs` full-length sequences need (a tiny model would
+# otherwise zero-fill gigabytes it can never use).
+CPU_KV_CACHE_MAX_BYTES = 2 << 30
+CPU_KV_CACHE_RAM_SHARE = 0.1
 
 
 class StepBatch(Protocol):
@@ -177,6 +180,8 @@ class ModelRunner:
                     memory = min(
                         CPU_KV_CACHE_MAX_BYTES, int(_available_ram() * CPU_KV_CACHE_RAM_SHARE)
                     )
+                    needed = self.max_num_seqs * -(-self.max_model_len // self.block_size) + 1
+                    memory = min(memory, needed * self.block_bytes)
             n = int(memory) // self.block_bytes
         if n < 2:
             raise InvalidRequestError(
