@@ -3,7 +3,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::{PyIndexError, PyOverflowError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -109,25 +109,44 @@ fn size(py: Python<'_>, what: &str, value: i64) -> PyResult<usize> {
         .map_err(|_| to_pyerr(py, invalid(format!("{what} must be >= 0, got {value}"))))
 }
 
-/// Token ids from a numpy array (without a Python object per element) or any
-/// sequence of ints, into `out`.
+/// Token ids from a list (the common case), a numpy array (no Python object per
+/// element) or any other sequence of ints, into `out`.
 fn extract_ids(what: &str, obj: &Bound<'_, PyAny>, out: &mut Vec<i64>) -> PyResult<()> {
-    out.clear();
-    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i32>>() {
-        out.extend(a.as_array().iter().map(|&t| i64::from(t)));
-    } else if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
-        out.extend(a.as_array().iter());
-    } else {
-        match obj.extract::<Vec<i64>>() {
-            Ok(v) => *out = v,
-            Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
-                return Err(to_pyerr(
-                    obj.py(),
-                    invalid(format!("{what} must be token ids in [0, 2**31)")),
-                ))
-            }
-            Err(e) => return Err(e),
+    let py = obj.py();
+    let overflow = |e: PyErr| {
+        if e.is_instance_of::<PyOverflowError>(py) {
+            to_pyerr(py, invalid(format!("{what} must be token ids in [0, 2**31)")))
+        } else {
+            e
         }
+    };
+    out.clear();
+    if let Ok(list) = obj.cast::<PyList>() {
+        // Prompts arrive as lists of hundreds of ints: read them through the C API,
+        // borrowing each item, at a few ns per token.
+        let n = list.len();
+        out.reserve(n);
+        for i in 0..n {
+            // SAFETY: `list` is a live list and the GIL is held; `i < len` and nothing
+            // runs between the length check and here that could shrink it, so
+            // `PyList_GetItem` returns a valid borrowed reference.
+            let value = unsafe {
+                let item = pyo3::ffi::PyList_GetItem(list.as_ptr(), i as pyo3::ffi::Py_ssize_t);
+                pyo3::ffi::PyLong_AsLongLong(item)
+            };
+            if value == -1 {
+                if let Some(e) = PyErr::take(py) {
+                    return Err(overflow(e));
+                }
+            }
+            out.push(value);
+        }
+    } else if let Ok(a) = obj.cast::<PyArray1<i32>>() {
+        out.extend(a.readonly().as_array().iter().map(|&t| i64::from(t)));
+    } else if let Ok(a) = obj.cast::<PyArray1<i64>>() {
+        out.extend(a.readonly().as_array().iter());
+    } else {
+        *out = obj.extract::<Vec<i64>>().map_err(overflow)?;
     }
     Ok(())
 }
