@@ -115,7 +115,10 @@ fn extract_ids(what: &str, obj: &Bound<'_, PyAny>, out: &mut Vec<i64>) -> PyResu
     let py = obj.py();
     let overflow = |e: PyErr| {
         if e.is_instance_of::<PyOverflowError>(py) {
-            to_pyerr(py, invalid(format!("{what} must be token ids in [0, 2**31)")))
+            to_pyerr(
+                py,
+                invalid(format!("{what} must be token ids in [0, 2**31)")),
+            )
         } else {
             e
         }
@@ -401,9 +404,10 @@ impl PyEngineCore {
         // it is filled completely before it is returned.
         let block_tables = unsafe {
             let a = PyArray2::<i32>::new(py, [r, cols], false);
-            a.as_slice_mut()
-                .map_err(|e| to_pyerr(py, CoreError::Internal(e.to_string())))?
-                .copy_from_slice(&b.block_tables);
+            let dst = a
+                .as_slice_mut()
+                .map_err(|e| to_pyerr(py, CoreError::Internal(e.to_string())))?;
+            self.core.write_block_tables(dst);
             a
         };
         let req_ids = b

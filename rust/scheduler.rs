@@ -562,6 +562,24 @@ impl Scheduler {
         }
     }
 
+    /// Write the last step's block tables into `dst`, row-major `[R, B]` (B =
+    /// `batch().max_num_blocks`), padded with the null block. Call it before `update`,
+    /// which frees the blocks of finished requests.
+    pub fn write_block_tables(&self, dst: &mut [i32]) {
+        let cols = self.batch.max_num_blocks;
+        debug_assert_eq!(dst.len(), cols * self.batch.num_reqs());
+        if cols == 0 {
+            return;
+        }
+        for (row, &slot) in dst.chunks_exact_mut(cols).zip(&self.batch.req_slots) {
+            let table = &self.req(slot).blocks.table;
+            for (d, &b) in row.iter_mut().zip(table) {
+                *d = b as i32;
+            }
+            row[table.len()..].fill(0);
+        }
+    }
+
     /// Append the sampled tokens (in the order of the last step's `logits_indices`),
     /// check every stop condition, and free what finished.
     pub fn update(&mut self, sampled: &[i64]) -> CoreResult<&[StepOutput]> {
