@@ -23,9 +23,8 @@ pub struct Batch {
     pub query_start_loc: Vec<i32>,
     /// [R] context length after this step.
     pub seq_lens: Vec<i32>,
-    /// [R*B] row-major block tables padded with the null block.
-    pub block_tables: Vec<i32>,
-    /// B, the longest block table of the step.
+    /// B, the longest block table of the step. The [R, B] block tables themselves are
+    /// written once, straight into the caller's array (`Scheduler::write_block_tables`).
     pub max_num_blocks: usize,
     /// [S] rows whose logits are sampled.
     pub logits_indices: Vec<i32>,
@@ -66,7 +65,6 @@ impl Batch {
         self.query_start_loc.clear();
         self.query_start_loc.push(0);
         self.seq_lens.clear();
-        self.block_tables.clear();
         self.max_num_blocks = max_num_blocks;
         self.logits_indices.clear();
         self.sampling_mask.clear();
@@ -109,10 +107,7 @@ impl Batch {
         }
         self.query_start_loc.push(self.input_ids.len() as i32);
         self.seq_lens.push(end as i32);
-        self.block_tables
-            .extend(row.block_table.iter().map(|&b| b as i32));
-        let padded = self.block_tables.len() + self.max_num_blocks - row.block_table.len();
-        self.block_tables.resize(padded, 0);
+        debug_assert!(row.block_table.len() <= self.max_num_blocks);
         let samples = end == row.tokens.len();
         if samples {
             self.logits_indices.push((self.input_ids.len() - 1) as i32);
@@ -165,7 +160,6 @@ mod tests {
         assert_eq!(batch.slot_mapping, vec![34, 35, 36, 37, 12, 13]);
         assert_eq!(batch.query_start_loc, vec![0, 4, 6]);
         assert_eq!(batch.seq_lens, vec![10, 2]);
-        assert_eq!(batch.block_tables, vec![5, 8, 9, 3, 0, 0]);
         assert_eq!(batch.logits_indices, vec![3]);
         assert_eq!(batch.sampling_mask, vec![true, false]);
         assert_eq!(batch.req_slots, vec![7, 2]);

@@ -16,10 +16,10 @@ use crate::batch::{Batch, BatchRow, ScheduledRequest};
 use crate::block_pool::{root_key, BlockId, BlockPool};
 use crate::detokenizer::IncrementalDetokenizer;
 use crate::error::{CoreError, CoreResult};
-use crate::tokenizer::Tokenizer;
 use crate::request::{
     prompt_tokens, FinishReason, NewRequest, Request, RequestStatus, StopConditions, WaitKey,
 };
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -593,6 +593,24 @@ impl Scheduler {
         }
     }
 
+    /// Write the last step's block tables into `dst`, row-major `[R, B]` (B =
+    /// `batch().max_num_blocks`), padded with the null block. Call it before `update`,
+    /// which frees the blocks of finished requests.
+    pub fn write_block_tables(&self, dst: &mut [i32]) {
+        let cols = self.batch.max_num_blocks;
+        debug_assert_eq!(dst.len(), cols * self.batch.num_reqs());
+        if cols == 0 {
+            return;
+        }
+        for (row, &slot) in dst.chunks_exact_mut(cols).zip(&self.batch.req_slots) {
+            let table = &self.req(slot).blocks.table;
+            for (d, &b) in row.iter_mut().zip(table) {
+                *d = b as i32;
+            }
+            row[table.len()..].fill(0);
+        }
+    }
+
     /// Append the sampled tokens (in the order of the last step's `logits_indices`),
     /// check every stop condition, and free what finished.
     pub fn update(&mut self, sampled: &[i64]) -> CoreResult<&[StepOutput]> {
@@ -631,7 +649,10 @@ impl Scheduler {
                 // The text of EOS or a stop token that ends the request is not shown; an
                 // id the tokenizer lacks (a padded vocabulary) shows no text either.
                 let ends_on_token = matches!(stop, Some((FinishReason::Stop, _)));
-                let known = self.tokenizer.as_ref().is_some_and(|t| t.check_id(token).is_ok());
+                let known = self
+                    .tokenizer
+                    .as_ref()
+                    .is_some_and(|t| t.check_id(token).is_ok());
                 if !ends_on_token && known {
                     if let Some(i) = detok.push(token, &mut text)? {
                         stop_str = Some(detok.stop_string(i).to_string());

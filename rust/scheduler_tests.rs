@@ -57,14 +57,16 @@ fn step(s: &mut Scheduler, token: impl Fn(&str, usize) -> i64) -> Step {
         .iter()
         .map(|&slot| s.request_id(slot).unwrap().to_string())
         .collect();
-    check_batch(s, b);
+    let mut tables = vec![-1; b.num_reqs() * b.max_num_blocks];
+    s.write_block_tables(&mut tables);
+    assert!(tables.iter().all(|&t| t >= 0));
+    check_batch(s, b, &tables);
     let bcols = b.max_num_blocks.max(1);
     let mut st = Step {
         num_new: b.num_scheduled_tokens.clone(),
         num_computed: b.num_computed_tokens.clone(),
         sampling: b.sampling_mask.clone(),
-        block_tables: b
-            .block_tables
+        block_tables: tables
             .chunks(bcols)
             .map(|c| c.to_vec())
             .take(b.num_reqs())
@@ -99,7 +101,7 @@ fn step(s: &mut Scheduler, token: impl Fn(&str, usize) -> i64) -> Step {
 
 /// The batch-level invariants: budget, max_num_seqs, unique slots, slots inside each
 /// request's own blocks, tokens and positions consistent with the requests.
-fn check_batch(s: &Scheduler, b: &Batch) {
+fn check_batch(s: &Scheduler, b: &Batch, block_tables: &[i32]) {
     let cfg = s.config();
     let bs = cfg.block_size as i64;
     assert!(b.num_tokens() <= cfg.max_num_batched_tokens);
@@ -120,7 +122,16 @@ fn check_batch(s: &Scheduler, b: &Batch) {
         );
         assert!(hi > lo);
         assert_eq!(b.seq_lens[r] as usize, req.num_computed_tokens);
-        let table = &b.block_tables[r * cols..(r + 1) * cols];
+        let table = &block_tables[r * cols..(r + 1) * cols];
+        assert_eq!(
+            table[..req.blocks.table.len()],
+            *req.blocks
+                .table
+                .iter()
+                .map(|&x| x as i32)
+                .collect::<Vec<_>>()
+        );
+        assert!(table[req.blocks.table.len()..].iter().all(|&x| x == 0));
         for row in lo..hi {
             let pos = b.positions[row] as usize;
             assert_eq!(b.input_ids[row] as u32, req.tokens[pos]);

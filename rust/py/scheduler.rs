@@ -3,7 +3,7 @@
 use crate::error::CoreError;
 use crate::request::{FinishReason, NewRequest};
 use crate::scheduler::{Policy, Scheduler, SchedulerConfig};
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::{PyIndexError, PyOverflowError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList, PyString};
@@ -28,25 +28,47 @@ fn size(py: Python<'_>, what: &str, value: i64) -> PyResult<usize> {
         .map_err(|_| to_pyerr(py, invalid(format!("{what} must be >= 0, got {value}"))))
 }
 
-/// Token ids from a numpy array (without a Python object per element) or any
-/// sequence of ints, into `out`.
+/// Token ids from a list (the common case), a numpy array (no Python object per
+/// element) or any other sequence of ints, into `out`.
 fn extract_ids(what: &str, obj: &Bound<'_, PyAny>, out: &mut Vec<i64>) -> PyResult<()> {
-    out.clear();
-    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i32>>() {
-        out.extend(a.as_array().iter().map(|&t| i64::from(t)));
-    } else if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
-        out.extend(a.as_array().iter());
-    } else {
-        match obj.extract::<Vec<i64>>() {
-            Ok(v) => *out = v,
-            Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
-                return Err(to_pyerr(
-                    obj.py(),
-                    invalid(format!("{what} must be token ids in [0, 2**31)")),
-                ))
-            }
-            Err(e) => return Err(e),
+    let py = obj.py();
+    let overflow = |e: PyErr| {
+        if e.is_instance_of::<PyOverflowError>(py) {
+            to_pyerr(
+                py,
+                invalid(format!("{what} must be token ids in [0, 2**31)")),
+            )
+        } else {
+            e
         }
+    };
+    out.clear();
+    if let Ok(list) = obj.cast::<PyList>() {
+        // Prompts arrive as lists of hundreds of ints: read them through the C API,
+        // borrowing each item, at a few ns per token.
+        let n = list.len();
+        out.reserve(n);
+        for i in 0..n {
+            // SAFETY: `list` is a live list and the GIL is held; `i < len` and nothing
+            // runs between the length check and here that could shrink it, so
+            // `PyList_GetItem` returns a valid borrowed reference.
+            let value = unsafe {
+                let item = pyo3::ffi::PyList_GetItem(list.as_ptr(), i as pyo3::ffi::Py_ssize_t);
+                pyo3::ffi::PyLong_AsLongLong(item)
+            };
+            if value == -1 {
+                if let Some(e) = PyErr::take(py) {
+                    return Err(overflow(e));
+                }
+            }
+            out.push(value);
+        }
+    } else if let Ok(a) = obj.cast::<PyArray1<i32>>() {
+        out.extend(a.readonly().as_array().iter().map(|&t| i64::from(t)));
+    } else if let Ok(a) = obj.cast::<PyArray1<i64>>() {
+        out.extend(a.readonly().as_array().iter());
+    } else {
+        *out = obj.extract::<Vec<i64>>().map_err(overflow)?;
     }
     Ok(())
 }
@@ -299,13 +321,15 @@ impl PyEngineCore {
             cache_salt,
             arrival_time,
             // By default, detokenize whenever the core has a tokenizer.
-            detokenize: detokenize.unwrap_or(self.core.has_tokenizer()).then(|| DetokenizeParams {
-                skip_special_tokens,
-                spaces_between_special_tokens,
-                stop,
-                include_stop_str_in_output,
-                min_tokens: usize::try_from(min_tokens).unwrap_or(0),
-            }),
+            detokenize: detokenize
+                .unwrap_or(self.core.has_tokenizer())
+                .then(|| DetokenizeParams {
+                    skip_special_tokens,
+                    spaces_between_special_tokens,
+                    stop,
+                    include_stop_str_in_output,
+                    min_tokens: usize::try_from(min_tokens).unwrap_or(0),
+                }),
         };
         let slot = self.core.add_request(new).map_err(|e| to_pyerr(py, e))? as usize;
         if self.ids.len() <= slot {
@@ -338,9 +362,10 @@ impl PyEngineCore {
         // it is filled completely before it is returned.
         let block_tables = unsafe {
             let a = PyArray2::<i32>::new(py, [r, cols], false);
-            a.as_slice_mut()
-                .map_err(|e| to_pyerr(py, CoreError::Internal(e.to_string())))?
-                .copy_from_slice(&b.block_tables);
+            let dst = a
+                .as_slice_mut()
+                .map_err(|e| to_pyerr(py, CoreError::Internal(e.to_string())))?;
+            self.core.write_block_tables(dst);
             a
         };
         let req_ids = b
