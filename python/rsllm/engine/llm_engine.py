@@ -24,6 +24,7 @@ from rsllm.errors import InvalidRequestError, UnknownRequestError
 from rsllm.model.loader import LoadedModel, load_model
 from rsllm.outputs import CompletionOutput, Logprob, RequestOutput
 from rsllm.sampling_params import RequestOutputKind, SamplingParams
+from rsllm.structured_outputs.manager import StructuredOutputManager
 from rsllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ class LLMEngine:
         )
         self.requests: dict[str, _Request] = {}
         self._children: dict[str, tuple[_Request, _Child]] = {}
+        self.structured = StructuredOutputManager(self._grammar_backend)
         self._token_text: dict[int, str] = {}
         self.stats = EngineStats()
         logger.info(
@@ -210,6 +212,15 @@ class LLMEngine:
             for theirs, ours in _GENERATION_DEFAULTS.items()
             if source.get(theirs) is not None
         }
+
+    def _grammar_backend(self) -> Any:
+        from rsllm.structured_outputs.backend import GrammarBackend
+
+        if self.tokenizer is None or self.loaded.tokenizer_path is None:
+            raise InvalidRequestError("structured outputs need a tokenizer")
+        return GrammarBackend(
+            self.tokenizer, self.loaded.tokenizer_path, self.runner.vocab_size, self.eos_token_ids
+        )
 
     # -- requests -----------------------------------------------------------------------
     def add_request(
@@ -247,6 +258,12 @@ class LLMEngine:
         if max_tokens is None:
             max_tokens = self.max_model_len - len(prompt_ids)
         base = params.clone(_eos_token_ids=list(self.eos_token_ids))
+        # Compiled before anything is queued: an invalid schema leaves no trace.
+        grammar = (
+            self.structured.compile(params.structured_outputs)
+            if params.structured_outputs is not None
+            else None
+        )
         req = _Request(
             request_id=request_id,
             prompt=text,
@@ -278,6 +295,8 @@ class LLMEngine:
                     spaces_between_special_tokens=params.spaces_between_special_tokens,
                     detokenize=params.detokenize and self.tokenizer is not None,
                 )
+                if grammar is not None:
+                    self.structured.add_request(core_id, grammar)
                 child = _Child(index=i, core_id=core_id, params=child_params)
                 if params.logprobs is not None:
                     child.logprobs = []
@@ -338,6 +357,7 @@ class LLMEngine:
 
     def _forget_child(self, core_id: str) -> None:
         self._children.pop(core_id, None)
+        self.structured.remove_request(core_id)
         try:
             self.core.abort_request(core_id)
         except UnknownRequestError:
@@ -359,7 +379,13 @@ class LLMEngine:
         batch = self.core.schedule()
         if len(batch.req_ids) == 0:
             return []
-        result = self.runner.execute_model(batch)
+        bitmask = None
+        if len(self.structured):
+            mask = batch.sampling_mask
+            sampling_ids = [r for r, m in zip(batch.req_ids, mask, strict=True) if m]
+            bitmask = self.structured.grammar_bitmask(sampling_ids)
+        result = self.runner.execute_model(batch, grammar_bitmask=bitmask)
+        self.structured.accept_tokens(result.req_ids, result.sampled_token_ids)
         updates = self.core.update(result.sampled_token_ids)
         self.stats.num_steps += 1
         now = time.time()
@@ -382,6 +408,7 @@ class LLMEngine:
                     self.stats.finished_by_reason.get(reason, 0) + 1
                 )
                 self._children.pop(child.core_id, None)
+                self.structured.remove_request(child.core_id)
                 self.runner.remove_request(child.core_id)
             if req.first_token_time is None:
                 req.first_token_time = now
