@@ -11,7 +11,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from rsllm.chat_template import render_chat
-from rsllm.entrypoints.openai.errors import UnsupportedFeatureError
 from rsllm.entrypoints.openai.protocol import (
     ChatCompletionChoice,
     ChatCompletionChunk,
@@ -34,6 +33,8 @@ from rsllm.entrypoints.openai.serving_engine import (
     sse_with_errors,
     until_disconnect,
 )
+from rsllm.entrypoints.openai.tool_parsers import ToolParser
+from rsllm.entrypoints.openai.tool_parsers.tool_choice import ToolPlan, plan_tools
 from rsllm.errors import InvalidRequestError
 from rsllm.outputs import CompletionOutput, RequestOutput
 
@@ -53,8 +54,8 @@ class OpenAIServingChat(OpenAIServing):
     async def create(self, request: ChatCompletionRequest, raw: Request) -> Response:
         self.check_model(request.model)
         self.check_priority(request.priority)
-        tools = self._check_tools_and_formats(request)
-        prompt_text = self.render(request, tools)
+        plan = self._check_tools_and_formats(request)
+        prompt_text = self.render(request, plan.template_tools)
         prompt_ids = list(
             self.tok.encode(prompt_text, add_special_tokens=request.add_special_tokens)
         )
@@ -71,6 +72,9 @@ class OpenAIServingChat(OpenAIServing):
             max_tokens=self.max_tokens_for(requested, len(prompt_ids)),
             logprobs=num_logprobs,
         )
+        params.structured_outputs = plan.structured_outputs
+        if plan.keep_special_tokens:
+            params.skip_special_tokens = False  # the parser's markers are special tokens
         request_id = random_id("chatcmpl")
         outputs = self.run(prompt_ids, prompt_text, params, request_id, request.priority)
         if request.stream:
@@ -81,11 +85,11 @@ class OpenAIServingChat(OpenAIServing):
                 return Response(status_code=CLIENT_CLOSED)
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             events = self._stream(
-                request, request_id, first, outputs, params.n, len(prompt_ids), include_usage
+                request, plan, request_id, first, outputs, params.n, len(prompt_ids), include_usage
             )
             return StreamingResponse(sse_with_errors(events), media_type="text/event-stream")
         response = await until_disconnect(
-            raw, self._collect(request, request_id, outputs, params.n, len(prompt_ids))
+            raw, self._collect(request, plan, request_id, outputs, params.n, len(prompt_ids))
         )
         if response is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -110,29 +114,18 @@ class OpenAIServingChat(OpenAIServing):
             template_kwargs=request.chat_template_kwargs,
         )
 
-    def _check_tools_and_formats(
-        self, request: ChatCompletionRequest
-    ) -> list[dict[str, Any]] | None:
-        """The tools the template sees; refuses what needs function calling or constrained
-        decoding, which this server does not do yet (the seam for tool parsers)."""
-        fmt = (request.response_format or {}).get("type")
-        if fmt not in (None, "text"):
-            raise UnsupportedFeatureError(f"response_format {fmt!r} is not supported yet")
-        if request.structured_outputs:
-            raise UnsupportedFeatureError("structured_outputs is not supported yet")
-        choice = request.tool_choice
-        if choice is not None and not request.tools:
-            raise InvalidRequestError("tool_choice is set but no tools are given")
-        if not request.tools or choice == "none":
-            return None
-        if choice is None or choice == "auto":
-            if not (self.config.enable_auto_tool_choice and self.config.tool_call_parser):
-                raise InvalidRequestError(
-                    '"auto" tool choice requires --enable-auto-tool-choice and '
-                    "--tool-call-parser to be set"
-                )
-            return request.tools
-        raise UnsupportedFeatureError(f"tool_choice {choice!r} is not supported yet")
+    def _check_tools_and_formats(self, request: ChatCompletionRequest) -> ToolPlan:
+        """The tools the template sees, the decoding constraint and the tool-call parser."""
+        return plan_tools(
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+            response_format=request.response_format,
+            structured_outputs=request.structured_outputs,
+            enable_auto_tool_choice=self.config.enable_auto_tool_choice,
+            tool_call_parser=self.config.tool_call_parser,
+            tokenizer=self.tokenizer,
+        )
 
     def _logprobs(self, choice: CompletionOutput, k: int) -> list[ChatLogprobToken]:
         tokens = []
@@ -152,6 +145,7 @@ class OpenAIServingChat(OpenAIServing):
     async def _collect(
         self,
         request: ChatCompletionRequest,
+        plan: ToolPlan,
         request_id: str,
         outputs: AsyncIterator[RequestOutput],
         n: int,
@@ -172,21 +166,34 @@ class OpenAIServingChat(OpenAIServing):
             id=request_id,
             model=self.model_name,
             choices=[
-                ChatCompletionChoice(
-                    index=i,
-                    message=ChatResponseMessage(role=self.config.response_role, content=c.text),
-                    logprobs=ChatLogprobs(content=c.logprobs) if request.logprobs else None,
-                    finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
-                )
+                self._choice(i, c, plan.new_parser(self.tokenizer), request)
                 for i, c in enumerate(choices)
             ],
             usage=_usage(num_prompt_tokens, sum(c.num_tokens for c in choices)),
         )
 
+    def _choice(
+        self, i: int, c: _Choice, parser: ToolParser | None, request: ChatCompletionRequest
+    ) -> ChatCompletionChoice:
+        message = ChatResponseMessage(role=self.config.response_role, content=c.text)
+        finish_reason = c.finish_reason
+        if parser is not None:
+            found = parser.extract_tool_calls(c.text)
+            if found.tools_called:  # never an empty tool_calls list
+                message.content, message.tool_calls = found.content, found.tool_calls
+                finish_reason = "tool_calls"
+        return ChatCompletionChoice(
+            index=i,
+            message=message,
+            logprobs=ChatLogprobs(content=c.logprobs) if request.logprobs else None,
+            finish_reason=finish_reason,
+            stop_reason=c.stop_reason,
+        )
+
     async def _stream(
         self,
         request: ChatCompletionRequest,
+        plan: ToolPlan,
         request_id: str,
         first: RequestOutput,
         outputs: AsyncIterator[RequestOutput],
@@ -210,6 +217,9 @@ class OpenAIServingChat(OpenAIServing):
             yield chunk(ChatCompletionStreamChoice(index=i, delta=role))
         num_tokens = 0
         k = request.top_logprobs or 0
+        # Per choice: its tool-call parser (None: plain text) and the text so far.
+        parsers = [plan.new_parser(self.tokenizer) for _ in range(n)]
+        texts = [""] * n
         output: RequestOutput | None = first
         while output is not None:
             for out in output.outputs:
@@ -217,17 +227,28 @@ class OpenAIServingChat(OpenAIServing):
                 logprobs = (
                     ChatLogprobs(content=self._logprobs(out, k)) if request.logprobs else None
                 )
-                if out.text or (logprobs and logprobs.content):
-                    delta = DeltaMessage(content=out.text)
+                parser = parsers[out.index]
+                delta: DeltaMessage | None = DeltaMessage(content=out.text)
+                if parser is not None:
+                    delta = parser.extract_tool_calls_streaming(texts[out.index], out.text)
+                    texts[out.index] += out.text
+                    if out.finish_reason is not None:
+                        delta = _join(delta, parser.finish_streaming(texts[out.index]))
+                if (delta and (delta.content or delta.tool_calls)) or (
+                    logprobs and logprobs.content
+                ):
                     yield chunk(
-                        ChatCompletionStreamChoice(index=out.index, delta=delta, logprobs=logprobs)
+                        ChatCompletionStreamChoice(
+                            index=out.index, delta=delta or DeltaMessage(), logprobs=logprobs
+                        )
                     )
                 if out.finish_reason is not None:
+                    called = parser is not None and parser.tools_called
                     yield chunk(
                         ChatCompletionStreamChoice(
                             index=out.index,
                             delta=DeltaMessage(),
-                            finish_reason=out.finish_reason,
+                            finish_reason="tool_calls" if called else out.finish_reason,
                             stop_reason=out.stop_reason,
                         )
                     )
@@ -238,6 +259,15 @@ class OpenAIServingChat(OpenAIServing):
                 id=request_id, created=created, model=self.model_name, choices=[], usage=usage
             )
             yield sse(body)
+
+
+def _join(a: DeltaMessage | None, b: DeltaMessage | None) -> DeltaMessage | None:
+    """Two deltas of the same choice as one (a parser's last delta and what it held)."""
+    if a is None or b is None:
+        return a or b
+    content = (a.content or "") + (b.content or "")
+    calls = (a.tool_calls or []) + (b.tool_calls or [])
+    return DeltaMessage(content=content or None, tool_calls=calls or None)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:

@@ -30,6 +30,7 @@ from rsllm.entrypoints.openai.serving_engine import (
 )
 from rsllm.errors import InvalidRequestError
 from rsllm.outputs import Logprob, PromptLogprobs, RequestOutput, SampleLogprobs
+from rsllm.structured_outputs import from_openai_request
 
 
 @dataclass
@@ -58,11 +59,7 @@ class OpenAIServingCompletion(OpenAIServing):
             raise UnsupportedFeatureError("suffix is not supported")
         if request.best_of is not None and request.best_of != (request.n or 1):
             raise UnsupportedFeatureError("best_of different from n is not supported")
-        if request.structured_outputs or (request.response_format or {}).get("type") not in (
-            None,
-            "text",
-        ):
-            raise UnsupportedFeatureError("structured outputs are not supported yet")
+        constraint = from_openai_request(request.response_format, request.structured_outputs)
         prompts = self._prompts(request)
         echo_logprobs = request.logprobs if request.echo else None
         params = [
@@ -74,6 +71,8 @@ class OpenAIServingCompletion(OpenAIServing):
             )
             for p in prompts
         ]
+        for sp in params:
+            sp.structured_outputs = constraint
         base_id = random_id("cmpl")
         streams = [
             self.run(p.token_ids, p.text, sp, f"{base_id}-{i}", request.priority)
