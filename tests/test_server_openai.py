@@ -146,7 +146,13 @@ def test_completions_accept_token_ids_and_several_prompts(
         model=model, prompt=["The sky is", "Water is"], max_tokens=5, temperature=0
     )
     assert [c.index for c in both.choices] == [0, 1]
-    assert both.choices[0].text == by_text.choices[0].text
+    # (Texts are not compared with the single-prompt run: batched and alone, bf16
+    # greedy decoding may take different paths.)
+    assert all(c.text and c.finish_reason == "length" for c in both.choices)
+    water = httpx.post(f"{server.base_url}/tokenize", json={"prompt": "Water is"}).json()
+    assert both.usage is not None
+    assert both.usage.prompt_tokens == len(ids) + water["count"]
+    assert both.usage.completion_tokens == 10
 
 
 def test_n_2_gives_two_choices(client: openai.OpenAI, model: str):
@@ -197,6 +203,9 @@ def test_seeded_sampling_is_reproducible(client: openai.OpenAI, model: str):
         )
         return str(r.choices[0].message.content)
 
+    # Warm the prefix cache first: in bf16 a prompt computed in one prefill and the same
+    # prompt read back from the cache differ in the last bits, enough to flip a sample.
+    sample(99)
     first = sample(1234)
     assert sample(1234) == first
     assert any(sample(seed) != first for seed in (1, 2, 3))

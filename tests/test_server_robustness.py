@@ -70,7 +70,7 @@ ODD_CHAT_BODIES: list[Any] = [
     {"messages": MESSAGES, "add_generation_prompt": True, "continue_final_message": True},
     {"messages": MESSAGES, "tools": [{"type": "function"}]},
     {"messages": MESSAGES, "tool_choice": "required"},
-    {"messages": MESSAGES, "response_format": {"type": "json_object"}},
+    {"messages": MESSAGES, "response_format": {"type": "bogus"}},
 ]
 ODD_COMPLETION_BODIES: list[Any] = [
     {"prompt": ""},
