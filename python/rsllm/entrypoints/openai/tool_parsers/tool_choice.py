@@ -63,7 +63,7 @@ def _special_markers(parser: type[ToolParser], tokenizer: Any) -> bool:
     core = getattr(tokenizer, "core", None)
     if core is None:
         return False
-    special = {text for text, is_special in core.added_tokens().values() if is_special}
+    special = {text for text, is_special in core.added_tokens.values() if is_special}
     return any(m in special for m in parser.markers)
 
 
