@@ -50,6 +50,8 @@ def run_conversation(server: Server, max_turns: int) -> list[dict]:
 
 
 def test_two_agent_conversation_completes(server: Server):
+    # AutoGen sends no temperature or seed: the replies are sampled at temperature 1
+    # from the engine's own generator (--seed 0), so a fresh server replays them.
     history = run_conversation(server, max_turns=3)
     # agent greets, user answers "" (no human, no code), agent replies (LLM), user "",
     # agent replies (LLM), user "".
