@@ -44,7 +44,9 @@ def test_output_is_the_same_with_caching_chunking_and_preemption(tiny_dir, mode)
         params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)] * 6
     else:
         params = [
-            SamplingParams(temperature=0.9, top_p=0.95, seed=100 + i, max_tokens=24, ignore_eos=True)
+            SamplingParams(
+                temperature=0.9, top_p=0.95, seed=100 + i, max_tokens=24, ignore_eos=True
+            )
             for i in range(6)
         ]
     reference, ref_stats = _run(

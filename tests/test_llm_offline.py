@@ -85,7 +85,9 @@ def test_logprobs_are_normalised_and_include_the_sampled_token(llm):
         assert all(lp.logprob <= 0 for lp in entry.values())
         assert len(entry) >= 3
     assert math.isclose(
-        c.cumulative_logprob, sum(e[t].logprob for t, e in zip(c.token_ids, c.logprobs)), rel_tol=1e-4
+        c.cumulative_logprob,
+        sum(e[t].logprob for t, e in zip(c.token_ids, c.logprobs, strict=True)),
+        rel_tol=1e-4,
     )
 
 

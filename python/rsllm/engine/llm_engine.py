@@ -313,7 +313,9 @@ class LLMEngine:
             self._children[child.core_id] = (req, child)
         self.stats.prompt_tokens += len(prompt_ids)
 
-    def _prompt_ids(self, prompt: str | dict[str, Any] | Sequence[int]) -> tuple[str | None, list[int]]:
+    def _prompt_ids(
+        self, prompt: str | dict[str, Any] | Sequence[int]
+    ) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             return prompt, self._encode(prompt)
         if isinstance(prompt, dict):
@@ -463,7 +465,9 @@ class LLMEngine:
                     )
                 }
                 for j in range(1, len(ids)):
-                    d.setdefault(int(ids[j]), Logprob(float(values[j]), j, self.token_text(int(ids[j]))))
+                    d.setdefault(
+                        int(ids[j]), Logprob(float(values[j]), j, self.token_text(int(ids[j])))
+                    )
                 req.prompt_logprobs[pos] = d
 
     def token_text(self, token_id: int) -> str:
@@ -550,4 +554,3 @@ class LLMEngine:
 
     def kv_blocks_in_use(self) -> int:
         return int(self.core.stats()["blocks_in_use"])
-
