@@ -23,9 +23,7 @@ def engine(tiny_llama_builder):
 
 
 def _params(**kw) -> SamplingParams:
-    return SamplingParams(
-        temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA, **kw
-    )
+    return SamplingParams(temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA, **kw)
 
 
 async def _collect(llm: AsyncLLM, rid: str, prompt: list[int], **kw) -> list[int]:
