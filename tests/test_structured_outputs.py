@@ -14,8 +14,6 @@ import pytest
 from rsllm import LLM, SamplingParams, StructuredOutputsParams
 from rsllm.errors import InvalidRequestError
 
-pytestmark = pytest.mark.slow  # ~1.5 min of decoding on 2 shared cores
-
 S = {"type": "string", "maxLength": 12}
 SCHEMAS: list[dict[str, Any]] = [
     {"type": "object", "properties": {"city": S}, "required": ["city"]},
