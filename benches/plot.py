@@ -2,16 +2,19 @@
 
 - serving sweep: output throughput against concurrency, the throughput-latency curve,
   and latency percentiles against request rate (from serving.py --sweep);
-- core: the scheduler's cost per request-step against the number of running requests,
-  rsllm beside the pure-Python version (from benches/core/bench_scheduler.py).
+- core: the scheduler's cost per request-step against the number of running requests and
+  the detokenizer's tokens/s against concurrent requests, each beside its pure-Python
+  counterpart (from benches/core/bench_scheduler.py and bench_detokenizer.py).
 
-    .venv/bin/python benches/plot.py [--serving F.json] [--core F.json] [--out-dir D]
+    .venv/bin/python benches/plot.py [--serving F.json] [--core F.json]
+        [--detokenizer F.json] [--out-dir D]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +30,11 @@ OUT_DIR = ROOT / "docs" / "benchmarks"
 
 def _caption(report: dict[str, Any]) -> str:
     m = report.get("machine", {})
-    load = m.get("load_average_start", m.get("load_average", [0.0]))[0]
+    loads = [p["load_average_start"] for p in report["results"].get("points", [])]
+    loads = loads or [m.get("load_average_start", m.get("load_average", [0.0]))[0]]
     return (
-        f"{m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores, load {load:.1f}; "
+        f"{m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores, 1-min load average "
+        f"{min(loads):.1f}-{max(loads):.1f} (shared machine); "
         f"rsllm {report.get('versions', {}).get('rsllm', '?')}, {report.get('date', '')}"
     )
 
@@ -43,15 +48,21 @@ def plot_serving_sweep(path: Path, out: Path | None = None) -> Path:
 
     ax = axes[0]
     conc = [p["max_concurrency"] for p in by_conc]
-    ax.plot(conc, [p["output_throughput"] for p in by_conc], "o-", label="output tok/s")
+    ax.plot(conc, [p["output_throughput"] for p in by_conc], "o-")
+    for p in by_conc:
+        label = f"{p['request_throughput']:.2f} req/s"
+        ax.annotate(
+            label,
+            (p["max_concurrency"], p["output_throughput"]),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(4, -12),
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(conc, [str(c) for c in conc])
     ax.set_xlabel("max concurrency (requests)")
     ax.set_ylabel("output tokens/s")
     ax.set_title("Throughput vs concurrency")
-    ax2 = ax.twinx()
-    ax2.plot(conc, [p["request_throughput"] for p in by_conc], "s--", color="tab:gray")
-    ax2.set_ylabel("requests/s", color="tab:gray")
 
     ax = axes[1]
     tpot = [p["tpot"]["median_ms"] for p in by_conc]
@@ -99,46 +110,72 @@ def plot_serving_sweep(path: Path, out: Path | None = None) -> Path:
     return out
 
 
-def plot_core_scheduler(path: Path, out: Path | None = None) -> Path:
-    report = json.loads(Path(path).read_text())
-    decode = report["decode"]
-    sizes = sorted(int(n) for n in decode)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for impl, key in (
-        ("rsllm (Rust core)", "rsllm_us_per_step"),
-        ("pure Python", "python_us_per_step"),
-    ):
-        ax.plot(sizes, [decode[str(n)][key] * 1000 / n for n in sizes], "o-", label=impl)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(sizes, [str(n) for n in sizes])
-    ax.set_xlabel("running requests (batch size)")
-    ax.set_ylabel("ns per request-step (schedule + update)")
-    ax.set_title("Scheduler cost vs batch size")
-    ax.legend()
-    m = report.get("machine", {})
-    fig.text(
-        0.01, 0.01, f"{m.get('cpus', '?')} CPUs, load {m.get('load_avg_1m', 0):.1f}", fontsize=7
-    )
-    fig.tight_layout()
-    out = out or OUT_DIR / "core_scheduler.png"
+def plot_core(scheduler: Path | None, detokenizer: Path | None, out: Path | None = None) -> Path:
+    """Core cost against batch size: the scheduler's ns per request-step (flat is the
+    goal) and the detokenizer's tokens/s, each beside its pure-Python counterpart."""
+    panels = [p for p in (scheduler, detokenizer) if p is not None and p.exists()]
+    if not panels:
+        raise FileNotFoundError("no core benchmark results to draw")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    notes = []
+    for ax, path in zip(axes[0], panels, strict=True):
+        report = json.loads(path.read_text())
+        if path == scheduler:
+            decode = report["decode"]
+            sizes = sorted(int(n) for n in decode)
+            for impl, key in (
+                ("rsllm (Rust core)", "rsllm_us_per_step"),
+                ("pure Python", "python_us_per_step"),
+            ):
+                ax.plot(sizes, [decode[str(n)][key] * 1000 / n for n in sizes], "o-", label=impl)
+            ax.set_ylabel("ns per request-step (schedule + update)")
+            ax.set_xlabel("running requests")
+            ax.set_title("Scheduler: cost per request-step")
+            ax.set_yscale("log")
+            m = report.get("machine", {})
+            notes.append(f"scheduler: load {m.get('load_avg_1m', 0):.1f}")
+        else:
+            rows = sorted(report["results"], key=lambda r: r["requests"])
+            sizes = [r["requests"] for r in rows]
+            for impl, key in (
+                ("rsllm (one batch call)", "rsllm_tokens_per_s"),
+                ("tokenizers DecodeStream", "decode_stream_tokens_per_s"),
+            ):
+                ax.plot(sizes, [r[key] / 1e6 for r in rows], "o-", label=impl)
+            ax.set_ylabel("million tokens/s (stop string on every request)")
+            ax.set_xlabel("concurrent requests")
+            ax.set_title("Detokenizer: throughput")
+            notes.append(f"detokenizer: load {report.get('load_average', [0])[0]:.1f}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.legend()
+    fig.text(0.01, 0.01, "; ".join(notes) + f"; {cpu_note()}", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    out = out or OUT_DIR / "core.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
 
 
+def cpu_note() -> str:
+    from bench_lib.report import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} CPUs"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--serving", type=Path, default=RESULTS / "serving_sweep.json")
     p.add_argument("--core", type=Path, default=RESULTS / "core_scheduler.json")
+    p.add_argument("--detokenizer", type=Path, default=RESULTS / "bench_detokenizer.json")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = p.parse_args()
     drawn = []
     if args.serving.exists():
         drawn.append(plot_serving_sweep(args.serving, args.out_dir / "serving_sweep.png"))
-    if args.core.exists():
-        drawn.append(plot_core_scheduler(args.core, args.out_dir / "core_scheduler.png"))
+    if args.core.exists() or args.detokenizer.exists():
+        drawn.append(plot_core(args.core, args.detokenizer, args.out_dir / "core.png"))
     if not drawn:
         raise SystemExit(f"no results to draw: run the benchmarks first ({RESULTS})")
     for path in drawn:

@@ -77,13 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_requests(args: argparse.Namespace, num: int) -> list[BenchRequest]:
+def build_requests(args: argparse.Namespace, num: int, start: int = 0) -> list[BenchRequest]:
+    """`num` prompts; a sweep gives each point its own (`start`), so that no point finds
+    the previous points' prompts in the server's prefix cache."""
     if args.dataset == "random":
-        return random_requests(
-            num, tuple(args.input_len_range), args.output_len, args.vocab_size, args.seed
-        )
+        lengths = tuple(args.input_len_range)
+        return random_requests(num, lengths, args.output_len, args.vocab_size, args.seed + start)
     # The server renders and counts the prompt (its usage reports prompt_tokens).
-    return conversation_requests(num, lambda _messages: [], args.output_len)
+    return conversation_requests(num, lambda _messages: [], args.output_len, start=start)
 
 
 @contextlib.contextmanager
@@ -96,9 +97,15 @@ def server(args: argparse.Namespace) -> Iterator[str]:
 
 
 def run_point(
-    args: argparse.Namespace, url: str, model: str, num: int, rate: float, conc: int | None
+    args: argparse.Namespace,
+    url: str,
+    model: str,
+    num: int,
+    rate: float,
+    conc: int | None,
+    start: int = 0,
 ) -> dict[str, Any]:
-    requests = build_requests(args, num)
+    requests = build_requests(args, num, start)
     load = os.getloadavg()[0]
     records, duration = asyncio.run(
         run_load(
@@ -179,11 +186,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with server(args) as url:
         model = args.model or asyncio.run(served_model(url))
         if args.sweep:
-            # One short warm-up request: the first request pays one-time costs.
+            # One warm-up request (the first pays one-time costs), then each point on
+            # prompts the earlier points did not send.
             run_point(args, url, model, 1, math.inf, 1)
-            points = []
+            points, start = [], 1
             for num, rate, conc in sweep_points(args):
-                points.append(run_point(args, url, model, num, rate, conc))
+                points.append(run_point(args, url, model, num, rate, conc, start))
+                start += num
                 print_point(points[-1])
             results: dict[str, Any] = {"points": points}
         else:

@@ -65,16 +65,17 @@ def conversation_requests(
     render: Callable[[Sequence[Mapping[str, str]]], list[int]],
     output_len: int | None = None,
     path: Path = CONVERSATIONS,
+    start: int = 0,
 ) -> list[BenchRequest]:
-    """The first `num` conversations (cycled if more are asked for), each rendered to
-    token ids by `render` (the chat template, then the tokenizer). `output_len` fixes
-    every reply's length; None keeps each conversation's own."""
+    """`num` conversations from the `start`-th on (cycling through the set), each
+    rendered to token ids by `render` (the chat template, then the tokenizer).
+    `output_len` fixes every reply's length; None keeps each conversation's own."""
     rows = load_conversations(path)
     if not rows:
         raise ValueError(f"no conversations in {path}")
     out = []
     for i in range(num):
-        row = rows[i % len(rows)]
+        row = rows[(start + i) % len(rows)]
         out.append(
             BenchRequest(
                 render(row["messages"]),
