@@ -55,6 +55,7 @@ def test_tiny_throughput_run_writes_both_engines(tiny_llama_dir, tmp_path):
     out = tmp_path / "throughput.json"
     argv = ["--model", str(tiny_llama_dir), "--dtype", "float32", "--num-prompts", "3"]
     argv += ["--input-len-range", "5", "20", "--output-len", "4", "--peak-matmul-size", "256"]
+    argv += ["--repeat", "2"]
     results = throughput.main([*argv, "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["results"] == json.loads(json.dumps(results))
@@ -64,6 +65,8 @@ def test_tiny_throughput_run_writes_both_engines(tiny_llama_dir, tmp_path):
     prompt_tokens = sum(r.prompt_len for r in prompts)
     for engine in ("rsllm", "transformers"):
         row = results[engine]
+        assert len(row["elapsed_s_each_round"]) == 2
+        assert row["elapsed_s"] == min(row["elapsed_s_each_round"])
         assert (row["prompt_tokens"], row["output_tokens"]) == (prompt_tokens, 12)
         assert row["output_tokens_per_s"] == pytest.approx(12 / row["elapsed_s"])
         assert row["total_tokens_per_s"] == pytest.approx((prompt_tokens + 12) / row["elapsed_s"])
