@@ -50,6 +50,9 @@ pub struct Batch {
 pub struct BatchRow<'a> {
     pub slot: u32,
     pub tokens: &'a [u32],
+    /// Sampled tokens not yet known (async scheduling): positions past `tokens` get
+    /// input id -1, which the runner fills from the previous step's samples.
+    pub num_placeholders: usize,
     pub block_table: &'a [u32],
     pub num_computed: usize,
     pub num_new: usize,
@@ -91,8 +94,13 @@ impl Batch {
         let start = row.num_computed;
         let end = start + row.num_new;
         let first_row = self.input_ids.len();
-        self.input_ids
-            .extend(row.tokens[start..end].iter().map(|&t| t as i32));
+        let known = end.min(row.tokens.len());
+        self.input_ids.extend(
+            row.tokens[start.min(known)..known]
+                .iter()
+                .map(|&t| t as i32),
+        );
+        self.input_ids.extend((known.max(start)..end).map(|_| -1));
         self.positions.extend((start..end).map(|p| p as i32));
         let bs = block_size as i64;
         // Walk block by block: one table lookup per block, not per token.
@@ -108,7 +116,7 @@ impl Batch {
         self.query_start_loc.push(self.input_ids.len() as i32);
         self.seq_lens.push(end as i32);
         debug_assert!(row.block_table.len() <= self.max_num_blocks);
-        let samples = end == row.tokens.len();
+        let samples = end == row.tokens.len() + row.num_placeholders;
         if samples {
             self.logits_indices.push((self.input_ids.len() - 1) as i32);
         }
@@ -137,6 +145,7 @@ mod tests {
             BatchRow {
                 slot: 7,
                 tokens: &tokens,
+                num_placeholders: 0,
                 block_table: &[5, 8, 9],
                 num_computed: 6,
                 num_new: 4,
@@ -148,6 +157,7 @@ mod tests {
             BatchRow {
                 slot: 2,
                 tokens: &tokens[..3],
+                num_placeholders: 0,
                 block_table: &[3],
                 num_computed: 0,
                 num_new: 2,

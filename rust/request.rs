@@ -85,6 +85,8 @@ pub struct Request {
     /// The key of the request in the waiting queue while it waits.
     pub wait_key: Option<WaitKey>,
     pub num_preemptions: u32,
+    /// Tokens sampled by steps not yet passed to `update` (async scheduling only).
+    pub num_output_placeholders: usize,
     /// Incremental text and stop strings; `update` runs it right after the token-level
     /// stop checks, so a stop string finishes the request in the same call.
     pub detok: Option<IncrementalDetokenizer>,
@@ -227,6 +229,7 @@ mod tests {
             blocks: RequestBlocks::default(),
             wait_key: None,
             num_preemptions: 0,
+            num_output_placeholders: 0,
             detok: None,
         }
     }

@@ -7,8 +7,14 @@
 //! lowest priority under "priority") is preempted: its blocks are freed, it goes to the
 //! head of the waiting queue and is recomputed later; no request is admitted in a
 //! step that preempted. `update` appends the sampled tokens and finishes what stopped.
+//!
+//! With `async_scheduling` one step may be scheduled before the previous one is
+//! updated: a request whose last step samples holds a placeholder for that token, and
+//! its next decode row is scheduled with input id -1 (the runner fills it from its
+//! samples). A placeholder is never scheduled past the length limits, never preempted,
+//! and the blocks holding it are cached only once it is known.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,6 +56,8 @@ pub struct SchedulerConfig {
     pub enable_prefix_caching: bool,
     pub enable_chunked_prefill: bool,
     pub policy: Policy,
+    /// Schedule step N+1 before step N is updated (placeholders for N's samples).
+    pub async_scheduling: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -63,6 +71,7 @@ impl Default for SchedulerConfig {
             enable_prefix_caching: true,
             enable_chunked_prefill: true,
             policy: Policy::Fcfs,
+            async_scheduling: false,
         }
     }
 }
@@ -147,8 +156,9 @@ pub struct Scheduler {
     next_seq: u64,
     /// Decreasing insertion order for the head of the FCFS waiting queue.
     next_head: i64,
-    /// Requests of the last step that sample, in the order of `logits_indices`.
-    pending: Vec<(u32, u64)>,
+    /// Per scheduled step not yet updated (oldest first): the requests that sample, in
+    /// the order of `logits_indices`. At most one step (two with async scheduling).
+    pending: VecDeque<Vec<(u32, u64)>>,
     aborted: Vec<String>,
     scheduled: Vec<ScheduledRequest>,
     hits: Vec<BlockId>,
@@ -185,7 +195,7 @@ impl Scheduler {
             waiting: BTreeMap::new(),
             next_seq: 0,
             next_head: -1,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
             aborted: Vec::new(),
             scheduled: Vec::new(),
             hits: Vec::new(),
@@ -329,6 +339,7 @@ impl Scheduler {
             blocks: Default::default(),
             wait_key: None,
             num_preemptions: 0,
+            num_output_placeholders: 0,
             detok,
         };
         let slot = match self.free_slots.pop() {
@@ -413,22 +424,30 @@ impl Scheduler {
     }
 
     /// The running request to preempt: the last admitted, or under the priority policy
-    /// the one with the largest (priority, arrival time).
-    fn victim(&self) -> usize {
+    /// the one with the largest (priority, arrival time). A request with a placeholder
+    /// in flight cannot be recomputed (its token is unknown): None if only those remain.
+    fn victim(&self) -> Option<usize> {
+        let movable = |pos: &usize| self.req(self.running[*pos]).num_output_placeholders == 0;
         match self.config.policy {
-            Policy::Fcfs => self.running.len() - 1,
+            Policy::Fcfs => (0..self.running.len()).rev().find(movable),
             Policy::Priority => {
                 // Largest (priority, arrival time, sequence) = least important.
                 let order = |slot: u32| {
                     let r = self.req(slot);
                     (r.priority, r.arrival_time, r.seq)
                 };
-                let mut best = 0;
-                for pos in 1..self.running.len() {
-                    let (a, b) = (order(self.running[pos]), order(self.running[best]));
-                    let later = a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2));
-                    if later.is_gt() {
-                        best = pos;
+                let mut best: Option<usize> = None;
+                for pos in (0..self.running.len()).filter(movable) {
+                    let later = best.is_none()
+                        || best.is_some_and(|b| {
+                            let (a, b) = (order(self.running[pos]), order(self.running[b]));
+                            a.0.cmp(&b.0)
+                                .then(a.1.total_cmp(&b.1))
+                                .then(a.2.cmp(&b.2))
+                                .is_gt()
+                        });
+                    if later {
+                        best = Some(pos);
                     }
                 }
                 best
@@ -436,18 +455,38 @@ impl Scheduler {
         }
     }
 
+    /// The tokens of `r` to compute next: all known and placeholder tokens not yet
+    /// computed, or none when its placeholder cannot be scheduled yet (the previous
+    /// step is not updated, or the placeholder certainly ends the request by length).
+    fn num_to_schedule(&self, r: &Request) -> usize {
+        let ph = r.num_output_placeholders;
+        if ph > 0
+            && (ph > 1
+                || r.num_output_tokens() + ph >= r.stop.max_tokens
+                || r.num_tokens() + ph >= self.config.max_model_len)
+        {
+            return 0;
+        }
+        r.num_tokens() + ph - r.num_computed_tokens
+    }
+
     /// Decide the next step and fill the batch (`batch()`).
     pub fn schedule(&mut self) -> CoreResult<&Batch> {
-        if self.pending.iter().any(|&(slot, seq)| {
-            self.slots[slot as usize]
-                .as_ref()
-                .is_some_and(|r| r.seq == seq)
-        }) {
-            return Err(CoreError::InvalidRequest(
-                "schedule() called again before update() of the previous step".into(),
-            ));
+        let max_in_flight = if self.config.async_scheduling { 2 } else { 1 };
+        if self.pending.len() >= max_in_flight {
+            let live = self.pending[0].iter().any(|&(slot, seq)| {
+                self.slots[slot as usize]
+                    .as_ref()
+                    .is_some_and(|r| r.seq == seq)
+            });
+            if live {
+                return Err(CoreError::InvalidRequest(
+                    "schedule() called again before update() of the previous step".into(),
+                ));
+            }
+            // Nothing of that step is left to update.
+            self.pending.pop_front();
         }
-        self.pending.clear();
         self.scheduled.clear();
         self.batch.preempted_req_ids.clear();
         let mut budget = self.config.max_num_batched_tokens;
@@ -457,8 +496,7 @@ impl Scheduler {
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let slot = self.running[i];
-            let r = self.req(slot);
-            let num_new = (r.num_tokens() - r.num_computed_tokens).min(budget);
+            let num_new = self.num_to_schedule(self.req(slot)).min(budget);
             if num_new == 0 {
                 i += 1;
                 continue;
@@ -485,7 +523,11 @@ impl Scheduler {
                     i += 1;
                     break;
                 }
-                let pos = self.victim();
+                let Some(pos) = self.victim() else {
+                    // Every candidate has a placeholder in flight: skip this request.
+                    i += 1;
+                    break;
+                };
                 let victim = self.running.remove(pos);
                 if pos < i {
                     // Already scheduled this step: give back its tokens, and forget
@@ -571,6 +613,7 @@ impl Scheduler {
         self.batch.preempted_req_ids = preempted;
         self.batch.finished_req_ids.append(&mut self.aborted);
         let bs = self.config.block_size;
+        let mut sampling = Vec::new();
         for s in &self.scheduled {
             let Some(r) = self.slots[s.slot as usize].as_mut() else {
                 unreachable!("scheduled slot is empty")
@@ -579,6 +622,7 @@ impl Scheduler {
                 BatchRow {
                     slot: s.slot,
                     tokens: &r.tokens,
+                    num_placeholders: r.num_output_placeholders,
                     block_table: &r.blocks.table,
                     num_computed: r.num_computed_tokens,
                     num_new: s.num_new_tokens,
@@ -587,9 +631,15 @@ impl Scheduler {
                 bs,
             );
             r.num_computed_tokens += s.num_new_tokens;
-            if r.num_computed_tokens == r.tokens.len() {
-                self.pending.push((s.slot, r.seq));
+            if r.num_computed_tokens == r.tokens.len() + r.num_output_placeholders {
+                sampling.push((s.slot, r.seq));
+                if self.config.async_scheduling {
+                    r.num_output_placeholders += 1;
+                }
             }
+        }
+        if !self.scheduled.is_empty() {
+            self.pending.push_back(sampling);
         }
     }
 
@@ -614,11 +664,11 @@ impl Scheduler {
     /// Append the sampled tokens (in the order of the last step's `logits_indices`),
     /// check every stop condition, and free what finished.
     pub fn update(&mut self, sampled: &[i64]) -> CoreResult<&[StepOutput]> {
-        if sampled.len() != self.pending.len() {
+        let expected = self.pending.front().map_or(0, Vec::len);
+        if sampled.len() != expected {
             return Err(CoreError::InvalidRequest(format!(
-                "update() got {} sampled tokens but the last step sampled {} requests",
+                "update() got {} sampled tokens but the last step sampled {expected} requests",
                 sampled.len(),
-                self.pending.len()
             )));
         }
         if let Some(&bad) = sampled
@@ -632,7 +682,7 @@ impl Scheduler {
         self.outputs.clear();
         let max_model_len = self.config.max_model_len;
         let mut any_finished = false;
-        let pending = std::mem::take(&mut self.pending);
+        let pending = self.pending.pop_front().unwrap_or_default();
         for (&(slot, seq), &token) in pending.iter().zip(sampled) {
             let Some(r) = self.slots[slot as usize].as_mut() else {
                 continue; // aborted after the step was scheduled
@@ -642,6 +692,7 @@ impl Scheduler {
             }
             let token = token as u32;
             r.tokens.push(token);
+            r.num_output_placeholders = r.num_output_placeholders.saturating_sub(1);
             let mut stop = r.check_stop(max_model_len);
             let mut text = String::new();
             let mut stop_str = None;
@@ -676,9 +727,6 @@ impl Scheduler {
                 stop_str,
             });
         }
-        // Keep the buffer's capacity for the next step.
-        self.pending = pending;
-        self.pending.clear();
         if any_finished {
             let slots = &self.slots;
             self.running.retain(|&s| slots[s as usize].is_some());
@@ -758,6 +806,10 @@ impl Scheduler {
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "scheduler_async_tests.rs"]
+mod async_tests;
 
 #[cfg(test)]
 #[path = "scheduler_detok_tests.rs"]

@@ -6,9 +6,9 @@ use proptest::prelude::*;
 
 use super::*;
 
-const EOS: i64 = 0;
+pub(super) const EOS: i64 = 0;
 
-fn config(num_blocks: usize, block_size: usize) -> SchedulerConfig {
+pub(super) fn config(num_blocks: usize, block_size: usize) -> SchedulerConfig {
     SchedulerConfig {
         num_blocks,
         block_size,
@@ -19,7 +19,7 @@ fn config(num_blocks: usize, block_size: usize) -> SchedulerConfig {
     }
 }
 
-fn new_req(id: &str, prompt: &[i64], max_tokens: i64) -> NewRequest {
+pub(super) fn new_req(id: &str, prompt: &[i64], max_tokens: i64) -> NewRequest {
     NewRequest {
         request_id: id.into(),
         prompt_token_ids: prompt.to_vec(),
@@ -29,7 +29,7 @@ fn new_req(id: &str, prompt: &[i64], max_tokens: i64) -> NewRequest {
     }
 }
 
-fn prompt(n: usize, seed: i64) -> Vec<i64> {
+pub(super) fn prompt(n: usize, seed: i64) -> Vec<i64> {
     (0..n as i64)
         .map(|i| 1 + (i * 31 + seed * 7) % 1000)
         .collect()
@@ -477,7 +477,7 @@ fn invalid_requests_are_rejected_with_reasons() {
 // ---------------------------------------------------------------- property tests
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     Add {
         len: usize,
         shared: bool,
@@ -489,7 +489,7 @@ enum Op {
     Step,
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(super) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (1usize..40, any::<bool>(), 1usize..3, 1i64..24, 0i64..3).prop_map(
             |(len, shared, n, max_tokens, priority)| Op::Add { len, shared, n, max_tokens, priority }
@@ -499,7 +499,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn cfg_strategy() -> impl Strategy<Value = SchedulerConfig> {
+pub(super) fn cfg_strategy() -> impl Strategy<Value = SchedulerConfig> {
     (
         4usize..40,
         1usize..6,
@@ -521,6 +521,7 @@ fn cfg_strategy() -> impl Strategy<Value = SchedulerConfig> {
                     enable_prefix_caching: cache,
                     enable_chunked_prefill: chunk,
                     policy: if prio { Policy::Priority } else { Policy::Fcfs },
+                    async_scheduling: false,
                 }
             },
         )
@@ -528,7 +529,7 @@ fn cfg_strategy() -> impl Strategy<Value = SchedulerConfig> {
 
 /// A deterministic "model": the sampled token depends on the request and position,
 /// and is EOS now and then.
-fn sample(id: &str, i: usize) -> i64 {
+pub(super) fn sample(id: &str, i: usize) -> i64 {
     let h = id
         .bytes()
         .fold(i as u64 * 0x9E37, |h, b| h.wrapping_mul(31) + u64::from(b));

@@ -101,6 +101,7 @@ class EngineCore:
         enable_chunked_prefill: bool = True,
         policy: str = "fcfs",
         tokenizer: Tokenizer | None = None,
+        async_scheduling: bool = False,
     ) -> EngineCore: ...
     def add_request(
         self,

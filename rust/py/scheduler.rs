@@ -232,6 +232,7 @@ impl PyEngineCore {
         enable_chunked_prefill = true,
         policy = "fcfs",
         tokenizer = None,
+        async_scheduling = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -245,6 +246,7 @@ impl PyEngineCore {
         enable_chunked_prefill: bool,
         policy: &str,
         tokenizer: Option<PyRef<'_, PyTokenizer>>,
+        async_scheduling: bool,
     ) -> PyResult<Self> {
         let config = SchedulerConfig {
             num_blocks: size(py, "num_blocks", num_blocks)?,
@@ -255,6 +257,7 @@ impl PyEngineCore {
             enable_prefix_caching,
             enable_chunked_prefill,
             policy: Policy::parse(policy).map_err(|e| to_pyerr(py, e))?,
+            async_scheduling,
         };
         let mut core = Scheduler::new(config).map_err(|e| to_pyerr(py, e))?;
         if let Some(tokenizer) = tokenizer {

@@ -68,6 +68,8 @@ class EngineArgs:
     generation_config: str = "auto"  # "auto" (the model's), "vllm" (none), or a folder
     override_generation_config: dict[str, Any] | None = None
     scheduling_policy: str = "fcfs"
+    # Overlapped loop: schedule step N+1 before step N's samples are known.
+    async_scheduling: bool = False
     skip_tokenizer_init: bool = False
     revision: str | None = None
     enforce_eager: bool = False
@@ -232,6 +234,12 @@ class EngineArgs:
             choices=_SCHEDULING_POLICIES,
             help="fcfs: first come first served; priority: by the request's `priority` "
             "(lower first), then arrival.",
+        )
+        g.add_argument(
+            "--async-scheduling",
+            action="store_true",
+            help="Schedule the next step before the current step's tokens are known "
+            "(overlaps the core's bookkeeping with the forward pass on a GPU).",
         )
         g.add_argument(
             "--skip-tokenizer-init",

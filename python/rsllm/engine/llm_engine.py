@@ -175,7 +175,11 @@ class LLMEngine:
             enable_chunked_prefill=chunked,
             policy=args.scheduling_policy,
             tokenizer=self.tokenizer.core if self.tokenizer is not None else None,
+            async_scheduling=args.async_scheduling,
         )
+        self.async_scheduling = args.async_scheduling
+        # Overlapped loop: the executed step whose samples the core has not seen yet.
+        self._in_flight: ModelRunnerOutput | None = None
         self.requests: dict[str, _Request] = {}
         self._children: dict[str, tuple[_Request, _Child]] = {}
         self.structured = StructuredOutputManager(self._grammar_backend)
@@ -259,6 +263,9 @@ class LLMEngine:
             max_tokens = self.max_model_len - len(prompt_ids)
         base = params.clone(_eos_token_ids=list(self.eos_token_ids))
         # Compiled before anything is queued: an invalid schema leaves no trace.
+        if params.structured_outputs is not None and self.async_scheduling:
+            # The grammar mask of step N+1 would need step N's token before it is known.
+            raise InvalidRequestError("structured outputs are not supported with async_scheduling")
         grammar = (
             self.structured.compile(params.structured_outputs)
             if params.structured_outputs is not None
@@ -378,6 +385,8 @@ class LLMEngine:
     # -- the step -----------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one engine step and return the outputs that are due this step."""
+        if self.async_scheduling:
+            return self._step_overlapped()
         batch = self.core.schedule()
         if len(batch.req_ids) == 0:
             return []
@@ -388,15 +397,35 @@ class LLMEngine:
             bitmask = self.structured.grammar_bitmask(sampling_ids)
         result = self.runner.execute_model(batch, grammar_bitmask=bitmask)
         self.structured.accept_tokens(result.req_ids, result.sampled_token_ids)
+        return self._apply(result)
+
+    def _step_overlapped(self) -> list[RequestOutput]:
+        """Schedule and run step N+1 before step N's samples reach the core: a request
+        that sampled in N decodes in N+1 from a placeholder (input id -1) that the runner
+        fills with its own sample. Step N's tokens are applied after N+1 was launched
+        (on a GPU its kernels are queued first, so freeing N's finished blocks cannot
+        race with them; on the CPU the forward has simply finished). A request that
+        finished in N drops its N+1 sample in the core."""
+        batch = self.core.schedule()
+        result = self.runner.execute_model(batch) if len(batch.req_ids) else None
+        previous, self._in_flight = self._in_flight, result
+        return self._apply(previous) if previous is not None else []
+
+    def _apply(self, result: ModelRunnerOutput) -> list[RequestOutput]:
+        """Give a step's samples to the core and turn its updates into outputs."""
         updates = self.core.update(result.sampled_token_ids)
         self.stats.num_steps += 1
         now = time.time()
         touched: dict[str, _Request] = {}
         self._collect_prompt_logprobs(result, touched)
-        for row, upd in enumerate(updates):
+        # Rows of the step, by request: the core leaves out requests that finished or
+        # were aborted meanwhile, so an update's position is not its row.
+        rows = {req_id: row for row, req_id in enumerate(result.req_ids)}
+        for upd in updates:
             entry = self._children.get(upd.request_id)
             if entry is None:
                 continue
+            row = rows[upd.request_id]
             req, child = entry
             child.token_ids.append(int(upd.token_id))
             child.text += upd.text

@@ -232,7 +232,7 @@ class ModelRunner:
             self.block_size,
             dev,
         )
-        input_ids = torch.from_numpy(np.asarray(batch.input_ids)).to(dev)
+        input_ids = torch.from_numpy(self._fill_placeholders(batch, states)).to(dev)
         positions = torch.from_numpy(np.asarray(batch.positions)).to(dev)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, H]
 
@@ -267,6 +267,24 @@ class ModelRunner:
                 ranks=lp.ranks.to(torch.int32).cpu().numpy(),
             )
         return out
+
+    @staticmethod
+    def _fill_placeholders(batch: StepBatch, states: list[RequestState]) -> np.ndarray:
+        """Input ids with each -1 (async scheduling: a token sampled by the previous step,
+        unknown to the core when it scheduled this one) replaced by that sample, the
+        last token of the request's history here."""
+        ids = np.asarray(batch.input_ids)
+        rows = np.flatnonzero(ids < 0)
+        if len(rows) == 0:
+            return ids
+        ids = ids.copy()
+        reqs = np.searchsorted(np.asarray(batch.query_start_loc), rows, side="right") - 1
+        for row, r in zip(rows.tolist(), reqs.tolist(), strict=True):
+            history = states[r].output_token_ids
+            if not history:
+                raise InvalidRequestError(f"request {batch.req_ids[r]!r} has no sampled token")
+            ids[row] = history[-1]
+        return ids
 
     def _prompt_logprobs(
         self, batch: StepBatch, states: list[RequestState], hidden: torch.Tensor
