@@ -5,27 +5,13 @@ computed: the same token ids, finish reasons and stop points as the plain loop
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 
+from _workloads import TINY_BLOCK_BYTES, equivalence_prompts
 from rsllm import LLM, SamplingParams
 from rsllm.errors import InvalidRequestError
 from rsllm.sampling_params import StructuredOutputsParams
-
-# Bytes of one 16-token KV block of the tiny model (see test_engine_equivalence.py).
-TINY_BLOCK_BYTES = 2 * 16 * 2 * 16 * 2 * 4
-
-
-def _prompts() -> list[dict[str, list[int]]]:
-    rng = random.Random(7)
-    shared = [rng.randrange(3, 49152) for _ in range(40)]
-    prompts = []
-    for n in (5, 17, 33, 64, 90, 120):
-        own = [rng.randrange(3, 49152) for _ in range(n)]
-        prompts.append({"prompt_token_ids": (shared + own) if n % 2 == 0 else own})
-    return prompts
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +30,7 @@ def _run(model: str, params: list[SamplingParams], **engine_kwargs) -> tuple[lis
         return execute(batch, **kwargs)
 
     runner.execute_model = counting
-    outs = llm.generate(_prompts(), params, use_tqdm=False)
+    outs = llm.generate(equivalence_prompts(), params, use_tqdm=False)
     # The overlapped loop really decodes from placeholders; the plain loop never does.
     assert (sum(placeholders) > 0) == engine_kwargs.get("async_scheduling", False)
     stats = llm.llm_engine.get_stats()
@@ -109,7 +95,7 @@ def test_stop_tokens_and_max_tokens_finish_at_the_same_token(tiny_dir):
 def test_stop_strings_finish_at_the_same_token(tiny_dir):
     llm = LLM(tiny_dir, dtype="float32", seed=0, **PLAIN)
     greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
-    texts = [o.outputs[0].text for o in llm.generate(_prompts(), greedy, use_tqdm=False)]
+    texts = [o.outputs[0].text for o in llm.generate(equivalence_prompts(), greedy, use_tqdm=False)]
     # A piece of each text from its middle: the request stops there, mid-stream.
     params = [
         SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, stop=[t[len(t) // 2 :][:3]])
@@ -117,7 +103,7 @@ def test_stop_strings_finish_at_the_same_token(tiny_dir):
         if len(t) >= 6
     ]
     assert len(params) >= 3
-    prompts = [p for p, t in zip(_prompts(), texts, strict=True) if len(t) >= 6]
+    prompts = [p for p, t in zip(equivalence_prompts(), texts, strict=True) if len(t) >= 6]
 
     def run(**kwargs) -> list:
         eng = LLM(tiny_dir, dtype="float32", seed=0, **kwargs)
@@ -150,7 +136,7 @@ def test_structured_outputs_are_refused(tiny_dir):
 
 def test_abort_while_a_row_is_in_flight(tiny_dir):
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-    prompts = _prompts()[:3]
+    prompts = equivalence_prompts()[:3]
 
     def run(abort: bool, **kwargs) -> list[int]:
         engine = LLM(tiny_dir, dtype="float32", seed=0, **kwargs).llm_engine

@@ -3,26 +3,10 @@ what it computes: output with them on equals output with them off (float32)."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
+from _workloads import TINY_BLOCK_BYTES, equivalence_prompts
 from rsllm import LLM, SamplingParams
-
-# Bytes of one 16-token KV block of the tiny model: 2 (K,V) x 16 x 2 heads x 16 dims x
-# 2 layers x 4 bytes.
-TINY_BLOCK_BYTES = 2 * 16 * 2 * 16 * 2 * 4
-
-
-def _prompts() -> list[dict[str, list[int]]]:
-    rng = random.Random(7)
-    shared = [rng.randrange(3, 49152) for _ in range(40)]
-    prompts = []
-    for n in (5, 17, 33, 64, 90, 120):
-        own = [rng.randrange(3, 49152) for _ in range(n)]
-        # Half the prompts share a 40-token prefix, so prefix caching has hits.
-        prompts.append({"prompt_token_ids": (shared + own) if n % 2 == 0 else own})
-    return prompts
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +16,7 @@ def tiny_dir(tiny_llama_builder):
 
 def _run(model: str, params: list[SamplingParams], **engine_kwargs) -> tuple[list, dict]:
     llm = LLM(model, dtype="float32", seed=0, **engine_kwargs)
-    outs = llm.generate(_prompts(), params, use_tqdm=False)
+    outs = llm.generate(equivalence_prompts(), params, use_tqdm=False)
     stats = llm.llm_engine.get_stats()
     assert stats["blocks_in_use"] == 0, "every KV block is free once all requests are done"
     return [[c.token_ids for c in o.outputs] for o in outs], stats
