@@ -22,6 +22,7 @@ from rsllm.kernels._common import (
     parallel_units,
     pow2_at_least,
 )
+from rsllm.kernels.paged_kv import load_kv_tile
 
 # log2(e): the kernels work in base 2 (exp2 is the fast instruction).
 _LOG2E = 1.4426950408889634
@@ -93,27 +94,23 @@ def _decode_split_kernel(
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
-        block = tl.load(table + n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-        offset = n % BLOCK_SIZE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        # [BLOCK_N, BLOCK_D], gathered through the block table.
-        k = tl.load(
-            k_cache_ptr
-            + block[:, None] * stride_kb
-            + offset[:, None] * stride_ks
-            + kv_head * stride_kh
-            + d[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )
-        v = tl.load(
-            v_cache_ptr
-            + block[:, None] * stride_vb
-            + offset[:, None] * stride_vs
-            + kv_head * stride_vh
-            + d[None, :],
-            mask=kv_mask,
-            other=0.0,
+        # [BLOCK_N, BLOCK_D] each, gathered through the block table.
+        k, v = load_kv_tile(
+            k_cache_ptr,
+            v_cache_ptr,
+            table,
+            n,
+            n_mask,
+            d,
+            d_mask,
+            kv_head,
+            stride_kb,
+            stride_ks,
+            stride_kh,
+            stride_vb,
+            stride_vs,
+            stride_vh,
+            BLOCK_SIZE,
         )
         # [BLOCK_G, BLOCK_N] scores, already in base 2.
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from rsllm.kernels._common import MIN_DOT_DIM, dot_precision, pow2_at_least
+from rsllm.kernels.paged_kv import load_kv_tile
 
 _LOG2E = 1.4426950408889634
 
@@ -89,27 +90,23 @@ def _prefill_kernel(
     for n0 in range(0, kv_end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < kv_end
-        block = tl.load(table + n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-        offset = n % BLOCK_SIZE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        # [BLOCK_N, BLOCK_D], gathered through the block table.
-        k = tl.load(
-            k_cache_ptr
-            + block[:, None] * stride_kb
-            + offset[:, None] * stride_ks
-            + kv_head * stride_kh
-            + d[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )
-        v = tl.load(
-            v_cache_ptr
-            + block[:, None] * stride_vb
-            + offset[:, None] * stride_vs
-            + kv_head * stride_vh
-            + d[None, :],
-            mask=kv_mask,
-            other=0.0,
+        # [BLOCK_N, BLOCK_D] each, gathered through the block table.
+        k, v = load_kv_tile(
+            k_cache_ptr,
+            v_cache_ptr,
+            table,
+            n,
+            n_mask,
+            d,
+            d_mask,
+            kv_head,
+            stride_kb,
+            stride_ks,
+            stride_kh,
+            stride_vb,
+            stride_vs,
+            stride_vh,
+            BLOCK_SIZE,
         )
         # [BLOCK_M, BLOCK_N] scores in base 2, causal: key position <= query position.
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2

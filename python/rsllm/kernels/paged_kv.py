@@ -1,0 +1,53 @@
+"""The device helper both attention kernels use to read the paged KV cache."""
+
+# Triton device functions are typed by Triton when the calling kernel is compiled.
+# ruff: noqa: ANN001, ANN201
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_kv_tile(
+    k_cache_ptr,
+    v_cache_ptr,
+    table,
+    n,
+    n_mask,
+    d,
+    d_mask,
+    kv_head,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """K and V of context positions `n` ([BLOCK_N]) of one request, gathered through its
+    block table `table`: two [BLOCK_N, BLOCK_D] tiles, zero where masked."""
+    block = tl.load(table + n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+    offset = n % BLOCK_SIZE
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(
+        k_cache_ptr
+        + block[:, None] * stride_kb
+        + offset[:, None] * stride_ks
+        + kv_head * stride_kh
+        + d[None, :],
+        mask=kv_mask,
+        other=0.0,
+    )
+    v = tl.load(
+        v_cache_ptr
+        + block[:, None] * stride_vb
+        + offset[:, None] * stride_vs
+        + kv_head * stride_vh
+        + d[None, :],
+        mask=kv_mask,
+        other=0.0,
+    )
+    return k, v
