@@ -170,7 +170,7 @@ impl IncrementalDetokenizer {
                 } else {
                     stream.pending.len().min(1)
                 };
-                decoded.extend(std::iter::repeat(char::REPLACEMENT_CHARACTER).take(count));
+                decoded.extend(std::iter::repeat_n(char::REPLACEMENT_CHARACTER, count));
                 stream.pending.clear();
             }
             Stream::Window(stream) => {
@@ -362,7 +362,7 @@ fn drain_utf8(buf: &mut Vec<u8>, out: &mut String, per_byte: bool) {
                 match err.error_len() {
                     Some(len) => {
                         let count = if per_byte { len } else { 1 };
-                        out.extend(std::iter::repeat(char::REPLACEMENT_CHARACTER).take(count));
+                        out.extend(std::iter::repeat_n(char::REPLACEMENT_CHARACTER, count));
                         pos += len;
                     }
                     None => break,

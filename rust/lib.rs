@@ -5,12 +5,14 @@
 
 pub mod batch;
 pub mod block_pool;
+pub mod cpu_attention;
 pub mod detokenizer;
 pub mod error;
 mod py;
 pub mod request;
 pub mod scheduler;
 pub mod stop;
+pub mod thread_team;
 pub mod tokenizer;
 
 pub use error::{CoreError, CoreResult};

@@ -17,10 +17,10 @@ TOL = {torch.float32: 2e-4, torch.bfloat16: 6e-2}
 
 
 class Harness:
-    def __init__(self, family: str, dtype: torch.dtype) -> None:
+    def __init__(self, family: str, dtype: torch.dtype, backend: str = "torch") -> None:
         cfg = tiny_hf_config(family)
         self.hf = hf_model(cfg)
-        self.model = build_model(cfg, self.hf.state_dict(), dtype, "cpu", attention_backend="torch")
+        self.model = build_model(cfg, self.hf.state_dict(), dtype, "cpu", attention_backend=backend)
         a = self.model.config
         shape = (64, BLOCK, a.num_key_value_heads, a.head_dim)
         self.kv = [
@@ -60,9 +60,11 @@ class Harness:
             torch.testing.assert_close(logits[lo:hi], ref, atol=self.tol, rtol=self.tol)
 
 
-@pytest.fixture(params=FAMILIES)
+# "torch": the pure reference; "cpu": decodes in the Rust kernel (the default on CPUs).
+@pytest.fixture(params=[(f, b) for f in FAMILIES for b in ("torch", "cpu")], ids=str)
 def harness(request) -> Harness:
-    return Harness(request.param, torch.float32)
+    family, backend = request.param
+    return Harness(family, torch.float32, backend)
 
 
 def test_prefill_batch(harness: Harness) -> None:

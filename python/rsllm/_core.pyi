@@ -15,11 +15,24 @@ __all__ = [
     "Tokenizer",
     "__version__",
     "_raise_core_error",
+    "kernel_runtime",
+    "paged_decode_attention",
 ]
 
 __version__: str
 
 def _raise_core_error(kind: str, message: str) -> None: ...
+def paged_decode_attention(
+    query: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    key_cache: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    value_cache: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    block_tables: npt.NDArray[np.int32],
+    seq_lens: npt.NDArray[np.int32],
+    scale: float,
+    out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    dtype: str,
+) -> None: ...
+def kernel_runtime() -> str: ...
 
 @final
 class SchedulerOutput:

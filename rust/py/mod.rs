@@ -9,6 +9,7 @@ use pyo3::types::PyType;
 
 use crate::error::CoreError;
 
+mod kernels;
 mod scheduler;
 mod tokenizer;
 
@@ -90,6 +91,7 @@ fn _raise_core_error(py: Python<'_>, kind: &str, message: String) -> PyResult<()
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(_raise_core_error, m)?)?;
+    kernels::register(m)?;
     scheduler::register(m)?;
     tokenizer::register(m)?;
     Ok(())

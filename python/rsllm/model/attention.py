@@ -16,6 +16,11 @@ the batch (which rows are decodes, gather indices, masks) is done once per step 
 Decodes (q_len 1) go through one batched SDPA with the query heads of a KV head folded
 into rows (no K/V repeat for GQA); prefills through one padded SDPA over the requests
 that prefill this step.
+
+`CpuBackend` (the default on CPUs) is the reference with one change: decodes in float32
+or bfloat16 go to the Rust kernel `rsllm._core.paged_decode_attention`, which reads each
+sequence's keys and values once from their blocks instead of gathering them into a
+dense copy first (the gather moved the cache through memory three times per step).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rsllm import _core
 from rsllm.errors import InvalidRequestError
 
 
@@ -48,6 +54,8 @@ class _DecodePlan:
     rows: torch.Tensor | None  # [Rd] token rows of the decodes; None: rows are 0..T-1
     block_tables: torch.Tensor  # [Rd, nb]
     mask: torch.Tensor  # [Rd, 1, 1, nb * block_size] bool, True = attend
+    kernel_tables: np.ndarray  # [Rd, nb] int32, C-contiguous: the Rust kernel's copy
+    kernel_seq_lens: np.ndarray  # [Rd] int32
     # Per-step scratch shared by all layers (same shapes in every layer), by dtype:
     # gather buffers, the additive mask, the head-block identity.
     scratch: dict[torch.dtype, tuple[torch.Tensor, ...]] = field(default_factory=dict)
@@ -107,6 +115,8 @@ def plan_reference(
             rows=None if all_decode else tensor(qsl[dec]),
             block_tables=tensor(bt[dec, :nb]),
             mask=tensor(positions[None, :] < sl[dec, None]).view(len(dec), 1, 1, -1),
+            kernel_tables=np.ascontiguousarray(bt[dec, :nb], dtype=np.int32),
+            kernel_seq_lens=np.ascontiguousarray(sl[dec], dtype=np.int32),
         )
     pre = np.nonzero(q_lens > 1)[0]
     if len(pre):
@@ -190,25 +200,75 @@ def _decode(
     return torch.diagonal(o, dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(r, hq, d)
 
 
+_KERNEL_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+
+
+def kernel_supports(query: torch.Tensor, key_cache: torch.Tensor) -> bool:
+    """Whether `decode_kernel` takes this call: CPU tensors in float32 or bfloat16."""
+    return (
+        query.device.type == "cpu"
+        and key_cache.device.type == "cpu"
+        and query.dtype == key_cache.dtype
+        and query.dtype in _KERNEL_DTYPES
+    )
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy view (no copy); bfloat16 as its uint16 bits, which numpy can hold."""
+    return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def decode_kernel(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: np.ndarray,
+    seq_lens: np.ndarray,
+    scale: float,
+) -> torch.Tensor:
+    """One query per sequence [R, Hq, D] -> [R, Hq, D] by the Rust kernel (GIL released)."""
+    query = query.contiguous()
+    out = torch.empty_like(query)
+    _core.paged_decode_attention(
+        _numpy(query),
+        _numpy(key_cache),
+        _numpy(value_cache),
+        block_tables,
+        seq_lens,
+        scale,
+        _numpy(out),
+        _KERNEL_DTYPES[query.dtype],
+    )
+    return out
+
+
 def attend_reference(
     query: torch.Tensor,
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     plan: ReferencePlan,
     scale: float,
+    use_kernel: bool = False,
 ) -> torch.Tensor:
-    """query [T, Hq, D] -> out [T, Hq, D] from the paged cache, following `plan`."""
+    """query [T, Hq, D] -> out [T, Hq, D] from the paged cache, following `plan`.
+    `use_kernel`: decodes go to `decode_kernel` where it supports the dtype."""
     t, hq, d = query.shape
     if query.dtype != key_cache.dtype:
         query = query.to(key_cache.dtype)
     dp, pp = plan.decode, plan.prefill
+
+    def decode(q: torch.Tensor, dp: _DecodePlan) -> torch.Tensor:
+        if use_kernel and kernel_supports(q, key_cache):
+            tables, lens = dp.kernel_tables, dp.kernel_seq_lens
+            return decode_kernel(q, key_cache, value_cache, tables, lens, scale)
+        return _decode(q, key_cache, value_cache, dp, scale)
+
     if dp is not None and pp is None and dp.rows is None:
-        return _decode(query, key_cache, value_cache, dp, scale)
+        return decode(query, dp)
     out = query.new_empty(t, hq, d)
     if dp is not None:
         assert dp.rows is not None
-        o = _decode(query.index_select(0, dp.rows), key_cache, value_cache, dp, scale)
-        out.index_copy_(0, dp.rows, o)
+        out.index_copy_(0, dp.rows, decode(query.index_select(0, dp.rows), dp))
     if pp is not None:
         rp, qmax = pp.rows.shape
         q = query[pp.rows].transpose(1, 2)  # [Rp, Hq, Qmax, D]
@@ -398,6 +458,23 @@ class TorchReferenceBackend:
         return attend_reference(query, key_cache, value_cache, meta.plan, scale)
 
 
+class CpuBackend(TorchReferenceBackend):
+    """The CPU path: the reference, with decodes in the Rust kernel (`decode_kernel`)."""
+
+    name = "cpu"
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        assert meta.plan is not None, "metadata was not built by CpuBackend"
+        return attend_reference(query, key_cache, value_cache, meta.plan, scale, use_kernel=True)
+
+
 class KernelBackend:
     """Any module with the kernel interface (`rsllm.kernels`: Triton on CUDA)."""
 
@@ -448,12 +525,17 @@ class KernelBackend:
 
 
 def select_backend(name: str, device: torch.device) -> AttentionBackend:
-    """`auto`: Triton kernels on CUDA when `rsllm.kernels` imports, else the torch reference.
-    `torch` forces the reference; `triton` requires the kernels."""
-    if name not in ("auto", "torch", "triton"):
-        raise InvalidRequestError(f"attention_backend must be auto, torch or triton; got {name!r}")
-    if name == "torch" or (name == "auto" and device.type != "cuda"):
+    """`auto`: Triton kernels on CUDA when `rsllm.kernels` imports, else `cpu` (the
+    reference with the Rust decode kernel). `torch` forces the pure torch reference;
+    `triton` requires the kernels."""
+    if name not in ("auto", "torch", "cpu", "triton"):
+        raise InvalidRequestError(
+            f"attention_backend must be auto, torch, cpu or triton; got {name!r}"
+        )
+    if name == "torch":
         return TorchReferenceBackend()
+    if name == "cpu" or (name == "auto" and device.type != "cuda"):
+        return CpuBackend()
     try:
         import rsllm.kernels as kernels
 

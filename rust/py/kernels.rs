@@ -1,0 +1,186 @@
+//! Bindings of the CPU kernels (rust/cpu_attention.rs). Tensors arrive as numpy views of
+//! torch tensors (bf16 as uint16, whose bits it is), so nothing is copied.
+
+use numpy::PyUntypedArrayMethods;
+use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
+use pyo3::prelude::*;
+
+use crate::cpu_attention::{self, as_bf16, as_bf16_mut, DecodeShape};
+use crate::error::CoreError;
+
+use super::{detach, to_pyerr};
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(paged_decode_attention, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_runtime, m)?)?;
+    Ok(())
+}
+
+fn invalid(py: Python<'_>, msg: String) -> PyErr {
+    to_pyerr(
+        py,
+        CoreError::InvalidRequest(format!("paged decode attention: {msg}")),
+    )
+}
+
+fn dims<const N: usize>(py: Python<'_>, name: &str, shape: &[usize]) -> PyResult<[usize; N]> {
+    <[usize; N]>::try_from(shape).map_err(|_| {
+        invalid(
+            py,
+            format!("{name} must have {N} dimensions, got {shape:?}"),
+        )
+    })
+}
+
+/// The threads the CPU kernels run on: "openmp" (torch's team, when the process has
+/// GNU OpenMP loaded) or "rayon".
+#[pyfunction]
+fn kernel_runtime() -> &'static str {
+    crate::thread_team::runtime()
+}
+
+/// `out[s, h] = softmax(scale * query[s, h] . K^T) V` over each sequence's first
+/// `seq_lens[s]` cached positions (one decode token per sequence).
+///
+/// query and out `[S, Hq, D]`, caches `[num_blocks, block_size, Hkv, D]`, all float32 or
+/// all bfloat16 viewed as uint16 (`dtype` says which); block_tables `[S, max_blocks]` and
+/// seq_lens `[S]` int32. Every array must be C-contiguous. Runs without the GIL.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn paged_decode_attention(
+    py: Python<'_>,
+    query: &Bound<'_, PyAny>,
+    key_cache: &Bound<'_, PyAny>,
+    value_cache: &Bound<'_, PyAny>,
+    block_tables: PyReadonlyArray2<'_, i32>,
+    seq_lens: PyReadonlyArray1<'_, i32>,
+    scale: f32,
+    out: &Bound<'_, PyAny>,
+    dtype: &str,
+) -> PyResult<()> {
+    let bt_shape = block_tables.shape().to_vec();
+    let bt = block_tables
+        .as_slice()
+        .map_err(|_| invalid(py, "block_tables must be C-contiguous".into()))?;
+    let sl = seq_lens
+        .as_slice()
+        .map_err(|_| invalid(py, "seq_lens must be C-contiguous".into()))?;
+    match dtype {
+        "float32" => run::<f32, f32>(
+            py,
+            query,
+            key_cache,
+            value_cache,
+            bt,
+            &bt_shape,
+            sl,
+            scale,
+            out,
+            |x| x,
+            |x| x,
+        ),
+        "bfloat16" => run::<u16, cpu_attention::Bf16>(
+            py,
+            query,
+            key_cache,
+            value_cache,
+            bt,
+            &bt_shape,
+            sl,
+            scale,
+            out,
+            as_bf16,
+            as_bf16_mut,
+        ),
+        other => Err(invalid(
+            py,
+            format!("dtype must be float32 or bfloat16, got {other:?}"),
+        )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<N, E>(
+    py: Python<'_>,
+    query: &Bound<'_, PyAny>,
+    key_cache: &Bound<'_, PyAny>,
+    value_cache: &Bound<'_, PyAny>,
+    block_tables: &[i32],
+    bt_shape: &[usize],
+    seq_lens: &[i32],
+    scale: f32,
+    out: &Bound<'_, PyAny>,
+    view: fn(&[N]) -> &[E],
+    view_mut: fn(&mut [N]) -> &mut [E],
+) -> PyResult<()>
+where
+    N: numpy::Element + Sync,
+    E: cpu_attention::Elem + cpu_attention::simd::Load16,
+{
+    let q = readonly::<N>(py, "query", query)?;
+    let k = readonly::<N>(py, "key_cache", key_cache)?;
+    let v = readonly::<N>(py, "value_cache", value_cache)?;
+    let mut o: PyReadwriteArrayDyn<'_, N> = out.extract().map_err(|_| {
+        invalid(
+            py,
+            "out must be a writable numpy array like query, not aliasing an input".into(),
+        )
+    })?;
+    let [num_seqs, num_heads, head_dim] = dims::<3>(py, "query", q.shape())?;
+    let [num_blocks, block_size, num_kv_heads, kd] = dims::<4>(py, "key_cache", k.shape())?;
+    let [_, max_blocks] = dims::<2>(py, "block_tables", bt_shape)?;
+    if kd != head_dim || v.shape() != k.shape() || o.shape() != q.shape() {
+        return Err(invalid(
+            py,
+            "query/out and key/value caches disagree in shape".into(),
+        ));
+    }
+    let shape = DecodeShape {
+        num_seqs,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        num_blocks,
+        block_size,
+        max_blocks,
+    };
+    let qs = view(slice(py, "query", &q)?);
+    let ks = view(slice(py, "key_cache", &k)?);
+    let vs = view(slice(py, "value_cache", &v)?);
+    let os = view_mut(
+        o.as_slice_mut()
+            .map_err(|_| invalid(py, "out must be C-contiguous".into()))?,
+    );
+    detach(py, || {
+        cpu_attention::paged_decode_attention(shape, qs, ks, vs, block_tables, seq_lens, scale, os)
+    })
+}
+
+fn readonly<'py, N: numpy::Element>(
+    py: Python<'py>,
+    name: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<PyReadonlyArrayDyn<'py, N>> {
+    obj.extract::<PyReadonlyArrayDyn<'py, N>>().map_err(|_| {
+        let got = obj
+            .getattr("dtype")
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| obj.get_type().to_string());
+        invalid(
+            py,
+            format!(
+                "{name} must be a numpy array of {}, got {got}",
+                std::any::type_name::<N>()
+            ),
+        )
+    })
+}
+
+fn slice<'a, N: numpy::Element>(
+    py: Python<'_>,
+    name: &str,
+    a: &'a PyReadonlyArrayDyn<'_, N>,
+) -> PyResult<&'a [N]> {
+    a.as_slice()
+        .map_err(|_| invalid(py, format!("{name} must be C-contiguous")))
+}

@@ -1,0 +1,152 @@
+"""The Rust CPU decode kernel (`rsllm._core.paged_decode_attention`, the `cpu` backend's
+decode path) equals the torch reference, and rejects bad input with a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rsllm import _core
+from rsllm.errors import InvalidRequestError
+from rsllm.model.attention import (
+    CpuBackend,
+    TorchReferenceBackend,
+    decode_kernel,
+    kernel_supports,
+    select_backend,
+)
+from test_kernels_attention import Batch, make_batch, reference_attention
+
+DECODES = [(1, 1), (1, 15), (1, 16), (1, 17), (1, 33), (1, 250), (1, 600)]
+
+
+def run_kernel(b: Batch) -> torch.Tensor:
+    return decode_kernel(
+        b.query,
+        b.key_cache,
+        b.value_cache,
+        b.block_tables.numpy(),
+        b.seq_lens.numpy(),
+        b.scale,
+    )
+
+
+# head_dim 64 and 128 take the AVX-512 path where the CPU has it, 32 the portable loops.
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("group", [1, 3, 4, 8], ids=lambda g: f"gqa{g}")
+def test_float32_equals_reference(head_dim: int, group: int) -> None:
+    b = make_batch(DECODES, group, head_dim, torch.float32, torch.device("cpu"), seed=group)
+    out = run_kernel(b)
+    assert out.dtype == torch.float32 and out.shape == b.query.shape
+    # Blocks no request owns hold NaN: a read outside a context would show here.
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference_attention(b), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_bfloat16_equals_reference_of_its_inputs(head_dim: int) -> None:
+    b = make_batch(DECODES, 3, head_dim, torch.bfloat16, torch.device("cpu"), seed=5)
+    out = run_kernel(b)
+    assert out.dtype == torch.bfloat16
+    # The kernel computes in float32 and rounds once: within bf16's half ulp of the
+    # float32 reference on the same (bf16) inputs.
+    ref = reference_attention(b)
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=2**-8)
+
+
+def test_backend_selection() -> None:
+    cpu = torch.device("cpu")
+    assert isinstance(select_backend("auto", cpu), CpuBackend)
+    assert isinstance(select_backend("cpu", cpu), CpuBackend)
+    assert type(select_backend("torch", cpu)) is TorchReferenceBackend
+    with pytest.raises(InvalidRequestError, match="attention_backend"):
+        select_backend("flash", cpu)
+    q = torch.zeros(1, 2, 8)
+    assert kernel_supports(q, q) and kernel_supports(q.bfloat16(), q.bfloat16())
+    assert not kernel_supports(q.half(), q.half())  # float16 stays on the reference
+    assert not kernel_supports(q, q.bfloat16())
+
+
+def test_mixed_batch_through_the_backend_equals_the_reference() -> None:
+    """Decodes beside a chunked prefill: the cpu backend routes only the decodes to the
+    kernel and puts their rows back in place."""
+    requests = [(1, 40), (5, 21), (1, 3), (12, 12), (1, 97)]
+    # Unowned blocks hold 0, as in the engine's zeroed cache: the torch reference reads
+    # (and masks) whole blocks, so NaN padding would poison its rows.
+    b = make_batch(requests, 2, 64, torch.float32, torch.device("cpu"), seed=9, unowned=0.0)
+    outs = []
+    for backend in (CpuBackend(), TorchReferenceBackend()):
+        slots = np.zeros(int(b.query_start_loc[-1]), np.int64)
+        meta = backend.build_metadata(
+            slots,
+            b.query_start_loc.numpy(),
+            b.seq_lens.numpy(),
+            b.block_tables.numpy(),
+            16,
+            torch.device("cpu"),
+        )
+        outs.append(backend.attend(b.query, b.key_cache, b.value_cache, meta, b.scale))
+    torch.testing.assert_close(outs[0], outs[1], atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(outs[0], reference_attention(b), atol=2e-5, rtol=2e-5)
+
+
+def call_raw(b: Batch, **change) -> None:
+    args = {
+        "query": b.query.numpy(),
+        "key_cache": b.key_cache.numpy(),
+        "value_cache": b.value_cache.numpy(),
+        "block_tables": b.block_tables.numpy(),
+        "seq_lens": b.seq_lens.numpy(),
+        "scale": b.scale,
+        "out": np.empty_like(b.query.numpy()),
+        "dtype": "float32",
+    }
+    args.update(change)
+    _core.paged_decode_attention(**args)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: {"block_tables": np.full_like(b.block_tables.numpy(), 10_000)}, "outside"),
+        (lambda b: {"block_tables": np.full_like(b.block_tables.numpy(), -1)}, "outside"),
+        (lambda b: {"seq_lens": np.full_like(b.seq_lens.numpy(), 0)}, r"seq_lens\[0\]"),
+        (lambda b: {"seq_lens": np.full_like(b.seq_lens.numpy(), 1_000)}, r"seq_lens\[0\]"),
+        (lambda b: {"query": b.query.numpy()[:, :3]}, "disagree|multiple|C-contiguous"),
+        (lambda b: {"out": np.empty((1, 1, 1), np.float32)}, "disagree"),
+        (lambda b: {"query": b.query.double().numpy()}, "query must be a numpy array"),
+        (lambda b: {"key_cache": b.key_cache.numpy()[0]}, "4 dimensions"),
+        (lambda b: {"key_cache": b.key_cache.numpy()[:, ::2]}, "disagree|C-contiguous"),
+        (lambda b: {"dtype": "float16"}, "dtype must be"),
+    ],
+    ids=[
+        "block-past-cache",
+        "negative-block",
+        "empty-seq",
+        "seq-past-table",
+        "query-heads",
+        "out-shape",
+        "float64",
+        "cache-ndim",
+        "strided-cache",
+        "dtype-name",
+    ],
+)
+def test_bad_input_is_invalid_request(change, message: str) -> None:
+    b = make_batch([(1, 20), (1, 5)], 2, 64, torch.float32, torch.device("cpu"))
+    with pytest.raises(InvalidRequestError, match=message):
+        call_raw(b, **change(b))
+
+
+def test_out_may_not_alias_query() -> None:
+    b = make_batch([(1, 20)], 2, 64, torch.float32, torch.device("cpu"))
+    q = b.query.numpy()
+    with pytest.raises(InvalidRequestError, match="out must be"):
+        call_raw(b, query=q, out=q)
+
+
+def test_kernel_runs_on_torchs_openmp_team() -> None:
+    """With torch imported, the kernel's threads are torch's OpenMP team (a pool of our
+    own would fight torch's spinning threads for the cores)."""
+    assert _core.kernel_runtime() == "openmp"
