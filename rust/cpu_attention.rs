@@ -229,6 +229,7 @@ struct Scratch {
     q: Vec<f32>,      // [group, D] scaled query in f32
     scores: Vec<f32>, // [group, len]
     acc: Vec<f32>,    // [group, D]
+    probs: Vec<u16>,  // [group, len rounded up to even] bf16 probabilities
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -236,6 +237,11 @@ enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx512 {
+        chunks: usize,
+    },
+    /// bf16 caches on CPUs with AVX512-BF16: dot products straight on bf16 pairs.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16 {
         chunks: usize,
     },
 }
@@ -248,9 +254,11 @@ impl Kernel {
                 && matches!(head_dim, 64 | 128)
                 && std::arch::is_x86_feature_detected!("avx512f")
             {
-                return Kernel::Avx512 {
-                    chunks: head_dim / 16,
-                };
+                let chunks = head_dim / 16;
+                if E::IS_BF16 && std::arch::is_x86_feature_detected!("avx512bf16") {
+                    return Kernel::Avx512Bf16 { chunks };
+                }
+                return Kernel::Avx512 { chunks };
             }
         }
         let _ = head_dim;
@@ -317,6 +325,36 @@ fn attend_item<E: Elem + simd::Load16>(
                 );
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 { chunks } => {
+            let (Some(qb), Some(kb), Some(vb)) =
+                (E::bits(q), E::bits(key_cache), E::bits(value_cache))
+            else {
+                unreachable!("Avx512Bf16 is only selected for bf16 elements");
+            };
+            let even = len.div_ceil(2) * 2;
+            scratch.probs.clear();
+            scratch.probs.resize(group * even, 0);
+            // SAFETY: as for `Avx512`, plus the CPU has AVX512-BF16 (`Kernel::select`).
+            unsafe {
+                simd::bf16::scores(chunks, qb, kb, &scratch.rows, scale, &mut scratch.scores);
+                for (row, bits) in scratch
+                    .scores
+                    .chunks_mut(len)
+                    .zip(scratch.probs.chunks_mut(even))
+                {
+                    simd::softmax(row);
+                    simd::bf16::round(row, bits);
+                }
+                simd::bf16::weighted_sum(
+                    chunks,
+                    &scratch.probs,
+                    vb,
+                    &scratch.rows,
+                    &mut scratch.acc,
+                );
+            }
+        }
     }
     for (o, &a) in out.iter_mut().zip(scratch.acc.iter()) {
         *o = E::from_f32(a);
@@ -369,6 +407,9 @@ pub mod simd {
     /// SIMD kernels exist for this element type).
     pub trait Load16: Elem {
         const HAS_LOAD16: bool;
+        const IS_BF16: bool;
+        /// The raw bf16 bits of a bf16 slice (None for other types).
+        fn bits(x: &[Self]) -> Option<&[u16]>;
         /// # Safety
         /// `p` must point at 16 readable elements, and the CPU must have AVX-512F.
         #[cfg(target_arch = "x86_64")]
@@ -377,6 +418,10 @@ pub mod simd {
 
     impl Load16 for f32 {
         const HAS_LOAD16: bool = true;
+        const IS_BF16: bool = false;
+        fn bits(_: &[Self]) -> Option<&[u16]> {
+            None
+        }
         #[cfg(target_arch = "x86_64")]
         #[inline]
         #[target_feature(enable = "avx512f")]
@@ -387,6 +432,11 @@ pub mod simd {
 
     impl Load16 for Bf16 {
         const HAS_LOAD16: bool = true;
+        const IS_BF16: bool = true;
+        fn bits(x: &[Self]) -> Option<&[u16]> {
+            // SAFETY: `Bf16` is `repr(transparent)` over `u16`.
+            Some(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) })
+        }
         #[cfg(target_arch = "x86_64")]
         #[inline]
         #[target_feature(enable = "avx512f")]
@@ -400,6 +450,9 @@ pub mod simd {
 
     #[cfg(target_arch = "x86_64")]
     pub use x86::{scores, softmax, weighted_sum};
+
+    #[cfg(target_arch = "x86_64")]
+    pub use super::simd_bf16 as bf16;
 
     #[cfg(target_arch = "x86_64")]
     mod x86 {
@@ -623,6 +676,10 @@ pub mod simd {
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+#[path = "cpu_attention_bf16.rs"]
+pub mod simd_bf16;
 
 #[cfg(test)]
 #[path = "cpu_attention_tests.rs"]

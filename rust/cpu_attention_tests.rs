@@ -146,40 +146,71 @@ fn f32_equals_dense_reference_for_head_sizes_and_gqa_ratios() {
     }
 }
 
-#[test]
-fn simd_and_portable_kernels_agree() {
-    let c = case(&[300, 5], 12, 4, 64, 3);
-    let mut a = Scratch::default();
-    let mut b = Scratch::default();
+/// One (sequence, KV head) item through a given kernel, in element type E.
+fn item_through<E: Elem + simd::Load16>(
+    kernel: Kernel,
+    c: &Case,
+    len: usize,
+    d: usize,
+) -> Vec<f32> {
     let s = c.shape;
-    let group = 3;
-    for (kernel, scratch) in [
-        (Kernel::Portable, &mut a),
-        (Kernel::select::<f32>(64), &mut b),
-    ] {
-        scratch.rows = (0..300)
+    let group = s.num_heads / s.num_kv_heads;
+    let conv = |x: &[f32]| x.iter().map(|&v| E::from_f32(v)).collect::<Vec<E>>();
+    let (k, v) = (conv(&c.key_cache), conv(&c.value_cache));
+    let q = conv(&c.query[group * d..2 * group * d]);
+    let mut scratch = Scratch {
+        rows: (0..len)
             .map(|t| {
                 let blk = c.block_tables[t / 16] as usize;
-                ((blk * 16 + t % 16) * s.num_kv_heads + 1) * 64
+                ((blk * 16 + t % 16) * s.num_kv_heads + 1) * d
             })
-            .collect();
-        let mut out = vec![0f32; group * 64];
-        let q = &c.query[group * 64..2 * group * 64];
-        attend_item(
-            kernel,
-            &s,
-            group,
-            q,
-            &c.key_cache,
-            &c.value_cache,
-            0.125,
-            scratch,
-            &mut out,
-        );
-        scratch.acc = out;
+            .collect(),
+        ..Scratch::default()
+    };
+    let mut out = vec![E::from_f32(0.0); group * d];
+    attend_item(kernel, &s, group, &q, &k, &v, 0.125, &mut scratch, &mut out);
+    out.iter().map(|x| x.to_f32()).collect()
+}
+
+#[test]
+fn every_kernel_agrees_with_the_portable_one() {
+    for d in [64, 128] {
+        // Odd and even lengths, a partial last tile, GQA group 3.
+        for len in [1, 2, 17, 300, 301] {
+            let c = case(&[len as i32, 5], 12, 4, d, 3 + len as u64);
+            let want = item_through::<f32>(Kernel::Portable, &c, len, d);
+            assert!(want.iter().any(|&x| x != 0.0));
+            let want_bf = item_through::<Bf16>(Kernel::Portable, &c, len, d);
+            let mut kernels = vec![];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(Kernel::Avx512 { chunks: d / 16 });
+            }
+            for &kernel in &kernels {
+                let got = item_through::<f32>(kernel, &c, len, d);
+                assert!(
+                    max_abs_diff(&got, &want) < 1e-5,
+                    "{kernel:?} f32 d {d} len {len}"
+                );
+                let got = item_through::<Bf16>(kernel, &c, len, d);
+                assert!(
+                    max_abs_diff(&got, &want_bf) < 1e-2,
+                    "{kernel:?} bf16 d {d} len {len}"
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512bf16") {
+                let kernel = Kernel::Avx512Bf16 { chunks: d / 16 };
+                assert_eq!(Kernel::select::<Bf16>(d), kernel);
+                let got = item_through::<Bf16>(kernel, &c, len, d);
+                // Probabilities in bf16 (2^-9 relative) on top of the output rounding.
+                assert!(
+                    max_abs_diff(&got, &want_bf) < 1.5e-2,
+                    "bf16 kernel d {d} len {len}"
+                );
+            }
+        }
     }
-    assert!(max_abs_diff(&a.acc, &b.acc) < 1e-5);
-    assert!(a.acc.iter().any(|&x| x != 0.0));
 }
 
 #[test]
@@ -209,9 +240,10 @@ fn bf16_matches_the_f32_kernel_on_rounded_inputs() {
         &mut out,
     )
     .expect("valid call");
-    // Only the final rounding to bf16 differs: half an ulp of bf16 (2^-8 relative).
+    // The output's rounding to bf16 (2^-9 relative), and where the CPU has AVX512-BF16
+    // the probabilities' rounding too (values are within [-1, 1]).
     for (g, w) in back(&out).iter().zip(&want) {
-        assert!((g - w).abs() <= w.abs() / 256.0 + 1e-6, "{g} vs {w}");
+        assert!((g - w).abs() <= w.abs() / 256.0 + 2e-3, "{g} vs {w}");
     }
 }
 
