@@ -44,13 +44,11 @@ impl Elem for Bf16 {
     }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
-        if x.is_nan() {
-            return Bf16(0x7fc0);
-        }
-        // Round to nearest, ties to even, as torch's `.to(torch.bfloat16)`.
+        // Round to nearest, ties to even, as torch's `.to(torch.bfloat16)`; NaN stays a
+        // quiet NaN. Branch-free, so that loops over it vectorise.
         let bits = x.to_bits();
-        let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
-        Bf16((rounded >> 16) as u16)
+        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+        Bf16(if x.is_nan() { 0x7fc0 } else { rounded })
     }
 }
 

@@ -102,12 +102,13 @@ def test_step_by_step_decode(harness: Harness) -> None:
         harness.check(batch, logits)
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 @torch.inference_mode()
-def test_bfloat16_error_is_that_of_transformers_bfloat16(family: str) -> None:
+def test_bfloat16_error_is_that_of_transformers_bfloat16(family: str, backend: str) -> None:
     """In bf16 our distance to the fp32 reference is within 1.5x (+0.02) of the distance
-    of transformers' own bf16 forward to it."""
-    h = Harness(family, torch.bfloat16)
+    of transformers' own bf16 forward to it (on `cpu`: the Rust norm, rope and store)."""
+    h = Harness(family, torch.bfloat16, backend)
     hf16 = hf_model(tiny_hf_config(family)).to(torch.bfloat16)
     for i, n in enumerate([19, 4]):
         h.driver.add(f"r{i}", h.prompt(n))

@@ -17,6 +17,8 @@ __all__ = [
     "_raise_core_error",
     "kernel_runtime",
     "paged_decode_attention",
+    "rms_norm",
+    "rope_store",
 ]
 
 __version__: str
@@ -33,6 +35,24 @@ def paged_decode_attention(
     dtype: str,
 ) -> None: ...
 def kernel_runtime() -> str: ...
+def rope_store(
+    qkv: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    cos: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    sin: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    slots: npt.NDArray[np.int64],
+    key_cache: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    value_cache: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    q_out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    dtype: str,
+) -> None: ...
+def rms_norm(
+    x: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    residual: npt.NDArray[np.float32] | npt.NDArray[np.uint16] | None,
+    weight: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    eps: float,
+    out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    dtype: str,
+) -> None: ...
 
 @final
 class SchedulerOutput:

@@ -13,14 +13,14 @@ use super::{detach, to_pyerr};
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(paged_decode_attention, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_runtime, m)?)?;
+    m.add_function(wrap_pyfunction!(rms_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(rope_store, m)?)?;
     Ok(())
 }
 
+/// A bad argument from Python (the message names it): `InvalidRequestError`.
 fn invalid(py: Python<'_>, msg: String) -> PyErr {
-    to_pyerr(
-        py,
-        CoreError::InvalidRequest(format!("paged decode attention: {msg}")),
-    )
+    to_pyerr(py, CoreError::InvalidRequest(msg))
 }
 
 fn dims<const N: usize>(py: Python<'_>, name: &str, shape: &[usize]) -> PyResult<[usize; N]> {
@@ -29,6 +29,181 @@ fn dims<const N: usize>(py: Python<'_>, name: &str, shape: &[usize]) -> PyResult
             py,
             format!("{name} must have {N} dimensions, got {shape:?}"),
         )
+    })
+}
+
+/// RMSNorm of the rows of `x` times `weight` into `out`; with `residual`, first
+/// `residual += x` in place and the norm of that. float32 or bfloat16 (as uint16), all
+/// C-contiguous, `x`/`residual`/`out` of one shape. Runs without the GIL.
+#[pyfunction]
+#[pyo3(signature = (x, residual, weight, eps, out, dtype))]
+fn rms_norm(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    residual: Option<&Bound<'_, PyAny>>,
+    weight: &Bound<'_, PyAny>,
+    eps: f32,
+    out: &Bound<'_, PyAny>,
+    dtype: &str,
+) -> PyResult<()> {
+    match dtype {
+        "float32" => norm_as::<f32, f32>(py, x, residual, weight, eps, out, |x| x, |x| x),
+        "bfloat16" => norm_as::<u16, cpu_attention::Bf16>(
+            py,
+            x,
+            residual,
+            weight,
+            eps,
+            out,
+            as_bf16,
+            as_bf16_mut,
+        ),
+        other => Err(to_pyerr(
+            py,
+            CoreError::InvalidRequest(format!(
+                "rms_norm: dtype must be float32 or bfloat16, got {other:?}"
+            )),
+        )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn norm_as<N, E>(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    residual: Option<&Bound<'_, PyAny>>,
+    weight: &Bound<'_, PyAny>,
+    eps: f32,
+    out: &Bound<'_, PyAny>,
+    view: fn(&[N]) -> &[E],
+    view_mut: fn(&mut [N]) -> &mut [E],
+) -> PyResult<()>
+where
+    N: numpy::Element + Sync + Send,
+    E: cpu_attention::Elem,
+{
+    let x = readonly::<N>(py, "x", x)?;
+    let w = readonly::<N>(py, "weight", weight)?;
+    let mut o = writable::<N>(py, "out", out)?;
+    let mut r = residual
+        .map(|r| writable::<N>(py, "residual", r))
+        .transpose()?;
+    if o.shape() != x.shape() || r.as_ref().is_some_and(|r| r.shape() != x.shape()) {
+        return Err(invalid(
+            py,
+            "x, residual and out must have the same shape".into(),
+        ));
+    }
+    if x.shape().last() != Some(&w.len()) || w.ndim() != 1 {
+        return Err(invalid(
+            py,
+            format!(
+                "weight of shape {:?} does not match x {:?}",
+                w.shape(),
+                x.shape()
+            ),
+        ));
+    }
+    let xs = view(slice(py, "x", &x)?);
+    let ws = view(slice(py, "weight", &w)?);
+    let os = view_mut(
+        o.as_slice_mut()
+            .map_err(|_| invalid(py, "out must be C-contiguous".into()))?,
+    );
+    let rs = match r.as_mut() {
+        Some(r) => {
+            Some(view_mut(r.as_slice_mut().map_err(|_| {
+                invalid(py, "residual must be C-contiguous".into())
+            })?))
+        }
+        None => None,
+    };
+    detach(py, || crate::cpu_ops::rms_norm(xs, rs, ws, eps, os))
+}
+
+/// Rope on q and k of each token and K/V into the cache (see `cpu_ops::rope_store`):
+/// `qkv` [T, (heads + 2 Hkv) * D], `cos`/`sin` [T, D], `slots` [T] int64, caches
+/// [num_blocks, block_size, Hkv, D], `q_out` [T, heads, D]. float32 or bfloat16 (as
+/// uint16), all C-contiguous. Runs without the GIL.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn rope_store(
+    py: Python<'_>,
+    qkv: &Bound<'_, PyAny>,
+    cos: &Bound<'_, PyAny>,
+    sin: &Bound<'_, PyAny>,
+    slots: PyReadonlyArray1<'_, i64>,
+    key_cache: &Bound<'_, PyAny>,
+    value_cache: &Bound<'_, PyAny>,
+    q_out: &Bound<'_, PyAny>,
+    dtype: &str,
+) -> PyResult<()> {
+    let slots = slots
+        .as_slice()
+        .map_err(|_| invalid(py, "slots must be C-contiguous".into()))?;
+    let args = (qkv, cos, sin, key_cache, value_cache, q_out);
+    match dtype {
+        "float32" => rope_as::<f32, f32>(py, args, slots, |x| x, |x| x),
+        "bfloat16" => rope_as::<u16, cpu_attention::Bf16>(py, args, slots, as_bf16, as_bf16_mut),
+        other => Err(invalid(
+            py,
+            format!("rope_store: dtype must be float32 or bfloat16, got {other:?}"),
+        )),
+    }
+}
+
+type RopeArgs<'a, 'py> = (
+    &'a Bound<'py, PyAny>,
+    &'a Bound<'py, PyAny>,
+    &'a Bound<'py, PyAny>,
+    &'a Bound<'py, PyAny>,
+    &'a Bound<'py, PyAny>,
+    &'a Bound<'py, PyAny>,
+);
+
+fn rope_as<N, E>(
+    py: Python<'_>,
+    (qkv, cos, sin, key_cache, value_cache, q_out): RopeArgs<'_, '_>,
+    slots: &[i64],
+    view: fn(&[N]) -> &[E],
+    view_mut: fn(&mut [N]) -> &mut [E],
+) -> PyResult<()>
+where
+    N: numpy::Element + Sync + Send,
+    E: cpu_attention::Elem,
+{
+    let qkv = readonly::<N>(py, "qkv", qkv)?;
+    let cos = readonly::<N>(py, "cos", cos)?;
+    let sin = readonly::<N>(py, "sin", sin)?;
+    let mut kc = writable::<N>(py, "key_cache", key_cache)?;
+    let mut vc = writable::<N>(py, "value_cache", value_cache)?;
+    let mut q = writable::<N>(py, "q_out", q_out)?;
+    let (&[.., kv_heads, head_dim], &[.., heads, qd]) = (kc.shape(), q.shape()) else {
+        return Err(invalid(
+            py,
+            "rope_store: caches and q_out need head dimensions".into(),
+        ));
+    };
+    if qd != head_dim {
+        return Err(invalid(
+            py,
+            "rope_store: q_out and the caches disagree in head_dim".into(),
+        ));
+    }
+    let shape = crate::cpu_ops::RopeShape {
+        heads,
+        kv_heads,
+        head_dim,
+    };
+    let qkv = view(slice(py, "qkv", &qkv)?);
+    let cos = view(slice(py, "cos", &cos)?);
+    let sin = view(slice(py, "sin", &sin)?);
+    let contiguous = |name: &str| invalid(py, format!("{name} must be C-contiguous"));
+    let kc = view_mut(kc.as_slice_mut().map_err(|_| contiguous("key_cache"))?);
+    let vc = view_mut(vc.as_slice_mut().map_err(|_| contiguous("value_cache"))?);
+    let q = view_mut(q.as_slice_mut().map_err(|_| contiguous("q_out"))?);
+    detach(py, || {
+        crate::cpu_ops::rope_store(shape, qkv, cos, sin, slots, kc, vc, q)
     })
 }
 
@@ -120,12 +295,7 @@ where
     let q = readonly::<N>(py, "query", query)?;
     let k = readonly::<N>(py, "key_cache", key_cache)?;
     let v = readonly::<N>(py, "value_cache", value_cache)?;
-    let mut o: PyReadwriteArrayDyn<'_, N> = out.extract().map_err(|_| {
-        invalid(
-            py,
-            "out must be a writable numpy array like query, not aliasing an input".into(),
-        )
-    })?;
+    let mut o = writable::<N>(py, "out", out)?;
     let [num_seqs, num_heads, head_dim] = dims::<3>(py, "query", q.shape())?;
     let [num_blocks, block_size, num_kv_heads, kd] = dims::<4>(py, "key_cache", k.shape())?;
     let [_, max_blocks] = dims::<2>(py, "block_tables", bt_shape)?;
@@ -183,4 +353,17 @@ fn slice<'a, N: numpy::Element>(
 ) -> PyResult<&'a [N]> {
     a.as_slice()
         .map_err(|_| invalid(py, format!("{name} must be C-contiguous")))
+}
+
+fn writable<'py, N: numpy::Element>(
+    py: Python<'py>,
+    name: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<PyReadwriteArrayDyn<'py, N>> {
+    obj.extract::<PyReadwriteArrayDyn<'py, N>>().map_err(|_| {
+        invalid(
+            py,
+            format!("{name} must be a writable numpy array of the inputs' type, not aliasing one of them"),
+        )
+    })
 }

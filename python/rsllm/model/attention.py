@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from rsllm import _core
 from rsllm.errors import InvalidRequestError
+from rsllm.model.cpu_ops import KERNEL_DTYPES, as_numpy
 
 
 def store_kv(
@@ -200,22 +201,14 @@ def _decode(
     return torch.diagonal(o, dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(r, hq, d)
 
 
-_KERNEL_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
-
-
 def kernel_supports(query: torch.Tensor, key_cache: torch.Tensor) -> bool:
     """Whether `decode_kernel` takes this call: CPU tensors in float32 or bfloat16."""
     return (
         query.device.type == "cpu"
         and key_cache.device.type == "cpu"
         and query.dtype == key_cache.dtype
-        and query.dtype in _KERNEL_DTYPES
+        and query.dtype in KERNEL_DTYPES
     )
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A numpy view (no copy); bfloat16 as its uint16 bits, which numpy can hold."""
-    return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def decode_kernel(
@@ -230,14 +223,14 @@ def decode_kernel(
     query = query.contiguous()
     out = torch.empty_like(query)
     _core.paged_decode_attention(
-        _numpy(query),
-        _numpy(key_cache),
-        _numpy(value_cache),
+        as_numpy(query),
+        as_numpy(key_cache),
+        as_numpy(value_cache),
         block_tables,
         seq_lens,
         scale,
-        _numpy(out),
-        _KERNEL_DTYPES[query.dtype],
+        as_numpy(out),
+        KERNEL_DTYPES[query.dtype],
     )
     return out
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsllm.errors import ModelLoadError
+from rsllm.model import cpu_ops
 from rsllm.model.arch_config import ArchConfig
 from rsllm.model.attention import AttentionBackend, AttentionMetadata
 from rsllm.model.layers import (
@@ -67,6 +68,8 @@ class LlamaAttention(nn.Module):
         self.eps = cfg.rms_norm_eps
         self.scale = d**-0.5
         self.backend = backend
+        # The cpu backend's rope + KV store in one Rust pass (q/k norm sits in between).
+        self.fused_rope_store = backend.name == "cpu" and not cfg.qk_norm
 
     def finish_loading(self) -> None:
         if self.qk_norm:
@@ -86,6 +89,13 @@ class LlamaAttention(nn.Module):
         t = x.shape[0]
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # [T, (Hq + 2Hkv) * D]
+        key_cache, value_cache = kv_cache
+        if self.fused_rope_store and cpu_ops.fused_rope_supported(qkv, key_cache):
+            q = cpu_ops.rope_store(
+                qkv, cos, sin, meta.slot_mapping, key_cache, value_cache, self.num_heads
+            )
+            out = self.backend.attend(q, key_cache, value_cache, meta, self.scale)
+            return self.o_proj(out.reshape(t, hq * d))
         qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
         if self.qk_norm:
             # q_norm and k_norm in one op: per-head RMSNorm, then each head's own weight.
@@ -93,7 +103,6 @@ class LlamaAttention(nn.Module):
         qk = apply_rope(qk, cos, sin)  # [T, Hq + Hkv, D]
         q, k = qk.split((hq, hkv), dim=1)
         v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
-        key_cache, value_cache = kv_cache
         self.backend.store_kv(k, v, key_cache, value_cache, meta)
         out = self.backend.attend(q, key_cache, value_cache, meta, self.scale)  # [T, Hq, D]
         return self.o_proj(out.reshape(t, hq * d))

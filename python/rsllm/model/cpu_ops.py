@@ -1,0 +1,75 @@
+"""The Rust CPU kernels of `rsllm._core`, called on torch tensors through numpy views
+(no copies; bfloat16 travels as its uint16 bits, which numpy can hold)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rsllm import _core
+
+KERNEL_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor, bfloat16 as uint16."""
+    return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def fused_rms_norm_supported(x: torch.Tensor) -> bool:
+    """bfloat16 only: float32 keeps torch's rms_norm, whose rounding the token-for-token
+    comparison with transformers was checked against."""
+    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.is_contiguous()
+
+
+def rms_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """RMSNorm(x) * weight in one pass; with `residual`, `residual += x` first (in place)
+    and the norm of the sum. Rows are the leading dimensions of x."""
+    out = torch.empty_like(x)
+    _core.rms_norm(
+        as_numpy(x),
+        None if residual is None else as_numpy(residual),
+        as_numpy(weight),
+        eps,
+        as_numpy(out),
+        KERNEL_DTYPES[x.dtype],
+    )
+    return out
+
+
+def fused_rope_supported(qkv: torch.Tensor, key_cache: torch.Tensor) -> bool:
+    """bfloat16 on a CPU (float32 keeps torch's rope: see `fused_rms_norm_supported`)."""
+    return (
+        qkv.device.type == "cpu"
+        and qkv.dtype == torch.bfloat16
+        and key_cache.dtype == torch.bfloat16
+        and qkv.is_contiguous()
+    )
+
+
+def rope_store(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    num_heads: int,
+) -> torch.Tensor:
+    """Rope on q and k ([T, (Hq + 2 Hkv) * D] fused projections), K and V written to
+    their slots, in one pass; returns the rotated q [T, Hq, D]."""
+    t, d = qkv.shape[0], key_cache.shape[-1]
+    q = qkv.new_empty(t, num_heads, d)
+    _core.rope_store(
+        as_numpy(qkv),
+        as_numpy(cos),
+        as_numpy(sin),
+        slot_mapping.numpy(),
+        as_numpy(key_cache),
+        as_numpy(value_cache),
+        as_numpy(q),
+        KERNEL_DTYPES[qkv.dtype],
+    )
+    return q

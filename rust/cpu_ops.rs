@@ -1,0 +1,376 @@
+//! Small fused CPU ops for the model's hot path, where torch runs several kernels (and
+//! Python dispatches) for what is one pass over a few kilobytes per token.
+
+use crate::cpu_attention::Elem;
+use crate::error::CoreError;
+
+/// Lanes of the partial sums: wide enough for the compiler to vectorise the reduction,
+/// which it may not reorder on its own.
+const LANES: usize = 16;
+
+fn invalid(msg: String) -> CoreError {
+    CoreError::InvalidRequest(format!("rms_norm: {msg}"))
+}
+
+/// RMSNorm of each row of `x` [rows, hidden] times `weight`, into `out`. With a
+/// residual, first `residual += x` (rounded to the element type, as a separate add
+/// would be) and the norm is taken of that sum. Computed in f32, rounded once.
+pub fn rms_norm<E: Elem>(
+    x: &[E],
+    residual: Option<&mut [E]>,
+    weight: &[E],
+    eps: f32,
+    out: &mut [E],
+) -> Result<(), CoreError> {
+    #[cfg(target_arch = "x86_64")]
+    if wide_vectors() {
+        // SAFETY: the CPU has the features `rms_norm_avx512` is compiled for.
+        return unsafe { rms_norm_avx512(x, residual, weight, eps, out) };
+    }
+    rms_norm_body(x, residual, weight, eps, out)
+}
+
+/// Whether this CPU runs the AVX-512 builds of these loops (the baseline x86-64 target
+/// vectorises them 4 floats wide, and its bf16 packing poorly).
+#[cfg(target_arch = "x86_64")]
+fn wide_vectors() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn rms_norm_avx512<E: Elem>(
+    x: &[E],
+    residual: Option<&mut [E]>,
+    weight: &[E],
+    eps: f32,
+    out: &mut [E],
+) -> Result<(), CoreError> {
+    rms_norm_body(x, residual, weight, eps, out)
+}
+
+#[inline(always)]
+fn rms_norm_body<E: Elem>(
+    x: &[E],
+    residual: Option<&mut [E]>,
+    weight: &[E],
+    eps: f32,
+    out: &mut [E],
+) -> Result<(), CoreError> {
+    let hidden = weight.len();
+    if hidden == 0 || !x.len().is_multiple_of(hidden) {
+        return Err(invalid(format!(
+            "{} values are not rows of the weight's {hidden}",
+            x.len()
+        )));
+    }
+    if out.len() != x.len() || residual.as_ref().is_some_and(|r| r.len() != x.len()) {
+        return Err(invalid(
+            "x, residual and out must have the same shape".into(),
+        ));
+    }
+    let w: Vec<f32> = weight.iter().map(|v| v.to_f32()).collect();
+    let mut row = vec![0f32; hidden];
+    let norm_row = |src: &[f32], dst: &mut [E]| {
+        let mut lanes = [0f32; LANES];
+        let mut chunks = src.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l += v * v;
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        let inv = 1.0 / ((lanes.iter().sum::<f32>() + tail) / hidden as f32 + eps).sqrt();
+        for ((d, s), wv) in dst.iter_mut().zip(src).zip(&w) {
+            *d = E::from_f32(s * inv * wv);
+        }
+    };
+    match residual {
+        Some(res) => {
+            for ((xr, rr), or) in x
+                .chunks_exact(hidden)
+                .zip(res.chunks_exact_mut(hidden))
+                .zip(out.chunks_exact_mut(hidden))
+            {
+                for ((r, a), b) in row.iter_mut().zip(rr.iter_mut()).zip(xr) {
+                    *a = E::from_f32(a.to_f32() + b.to_f32());
+                    *r = a.to_f32();
+                }
+                norm_row(&row, or);
+            }
+        }
+        None => {
+            for (xr, or) in x.chunks_exact(hidden).zip(out.chunks_exact_mut(hidden)) {
+                for (r, a) in row.iter_mut().zip(xr) {
+                    *r = a.to_f32();
+                }
+                norm_row(&row, or);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu_attention::Bf16;
+
+    fn reference(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+        let h = w.len();
+        x.chunks(h)
+            .flat_map(|r| {
+                let inv = 1.0 / (r.iter().map(|v| v * v).sum::<f64>() / h as f64 + eps).sqrt();
+                r.iter().zip(w).map(move |(v, wv)| v * inv * wv)
+            })
+            .collect()
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 250.0 - 2.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn f32_equals_reference_with_and_without_residual() {
+        let (rows, h) = (5, 37); // a hidden size that leaves a tail after the lanes
+        let (x, w, mut res) = (data(rows * h, 1), data(h, 2), data(rows * h, 3));
+        let mut out = vec![0f32; x.len()];
+        rms_norm(&x, None, &w, 1e-5, &mut out).expect("valid");
+        let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
+        let want = reference(&f(&x), &f(&w), 1e-5);
+        assert!(out
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| (*a as f64 - b).abs() < 1e-5));
+        let sum: Vec<f32> = x.iter().zip(&res).map(|(a, b)| a + b).collect();
+        rms_norm(&x, Some(&mut res), &w, 1e-5, &mut out).expect("valid");
+        assert_eq!(res, sum);
+        let want = reference(&f(&sum), &f(&w), 1e-5);
+        assert!(out
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| (*a as f64 - b).abs() < 1e-5));
+    }
+
+    #[test]
+    fn bf16_rounds_the_residual_and_the_output_once() {
+        let h = 64;
+        let bf = |v: &[f32]| v.iter().map(|&a| Bf16::from_f32(a)).collect::<Vec<_>>();
+        let (x, w, mut res) = (bf(&data(2 * h, 4)), bf(&data(h, 5)), bf(&data(2 * h, 6)));
+        let sum: Vec<Bf16> = x
+            .iter()
+            .zip(&res)
+            .map(|(a, b)| Bf16::from_f32(a.to_f32() + b.to_f32()))
+            .collect();
+        let mut out = vec![Bf16::default(); x.len()];
+        rms_norm(&x, Some(&mut res), &w, 1e-6, &mut out).expect("valid");
+        assert_eq!(res, sum);
+        let f = |v: &[Bf16]| v.iter().map(|a| a.to_f32() as f64).collect::<Vec<_>>();
+        let want = reference(&f(&sum), &f(&w), 1e-6);
+        for (a, b) in f(&out).iter().zip(&want) {
+            assert!((a - b).abs() <= b.abs() / 256.0 + 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let mut out = vec![0f32; 6];
+        assert!(rms_norm(&[0f32; 6], None, &[1f32; 4], 1e-5, &mut out).is_err());
+        assert!(rms_norm(&[0f32; 6], None, &[], 1e-5, &mut out).is_err());
+        let mut short = vec![0f32; 3];
+        assert!(rms_norm(&[0f32; 6], Some(&mut short), &[1f32; 3], 1e-5, &mut out).is_err());
+        assert!(rms_norm(&[0f32; 6], None, &[1f32; 3], 1e-5, &mut [0f32; 5]).is_err());
+    }
+}
+
+/// The shapes of a `rope_store` call.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Rotate q and k of each token (neox rope: `x * cos + swap_halves(x) * sin`, with `sin`
+/// already signed `[-sin, sin]`), write q to `q_out` [T, heads, D] and k, v to their
+/// cache slots. `qkv` is [T, (heads + 2 kv_heads) * D]; `cos`/`sin` [T, D]; caches
+/// [slots, kv_heads, D] flattened. Replaces ~8 torch ops per layer (rope, split, the
+/// contiguous copy of q, two index copies).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_store<E: Elem>(
+    shape: RopeShape,
+    qkv: &[E],
+    cos: &[E],
+    sin: &[E],
+    slots: &[i64],
+    key_cache: &mut [E],
+    value_cache: &mut [E],
+    q_out: &mut [E],
+) -> Result<(), CoreError> {
+    #[cfg(target_arch = "x86_64")]
+    if wide_vectors() {
+        // SAFETY: the CPU has the features `rope_store_avx512` is compiled for.
+        return unsafe {
+            rope_store_avx512(shape, qkv, cos, sin, slots, key_cache, value_cache, q_out)
+        };
+    }
+    rope_store_body(shape, qkv, cos, sin, slots, key_cache, value_cache, q_out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rope_store_avx512<E: Elem>(
+    shape: RopeShape,
+    qkv: &[E],
+    cos: &[E],
+    sin: &[E],
+    slots: &[i64],
+    key_cache: &mut [E],
+    value_cache: &mut [E],
+    q_out: &mut [E],
+) -> Result<(), CoreError> {
+    rope_store_body(shape, qkv, cos, sin, slots, key_cache, value_cache, q_out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rope_store_body<E: Elem>(
+    shape: RopeShape,
+    qkv: &[E],
+    cos: &[E],
+    sin: &[E],
+    slots: &[i64],
+    key_cache: &mut [E],
+    value_cache: &mut [E],
+    q_out: &mut [E],
+) -> Result<(), CoreError> {
+    let RopeShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let bad = |msg: String| CoreError::InvalidRequest(format!("rope_store: {msg}"));
+    if d == 0 || !d.is_multiple_of(2) || kv_heads == 0 {
+        return Err(bad(format!(
+            "head_dim {d} must be even and kv_heads positive"
+        )));
+    }
+    let t = slots.len();
+    let width = (heads + 2 * kv_heads) * d;
+    if qkv.len() != t * width || cos.len() != t * d || sin.len() != t * d {
+        return Err(bad("qkv, cos and sin must have one row per slot".into()));
+    }
+    if q_out.len() != t * heads * d {
+        return Err(bad("q_out must be [tokens, heads, head_dim]".into()));
+    }
+    let slot_size = kv_heads * d;
+    let num_slots = key_cache.len() / slot_size;
+    if key_cache.len() != value_cache.len() || !key_cache.len().is_multiple_of(slot_size) {
+        return Err(bad(
+            "key and value caches must be [slots, kv_heads, head_dim]".into(),
+        ));
+    }
+    if let Some(&s) = slots.iter().find(|&&s| s < 0 || s as usize >= num_slots) {
+        return Err(bad(format!(
+            "slot {s} is outside the cache of {num_slots} slots"
+        )));
+    }
+    let half = d / 2;
+    // Each half of the output in its own loop, so that both vectorise.
+    let rotate = |x: &[E], c: &[E], s: &[E], out: &mut [E]| {
+        let (x1, x2) = x.split_at(half);
+        let (o1, o2) = out.split_at_mut(half);
+        let (c1, c2) = c.split_at(half);
+        let (s1, s2) = s.split_at(half);
+        for i in 0..half {
+            o1[i] = E::from_f32(x1[i].to_f32() * c1[i].to_f32() + x2[i].to_f32() * s1[i].to_f32());
+            o2[i] = E::from_f32(x2[i].to_f32() * c2[i].to_f32() + x1[i].to_f32() * s2[i].to_f32());
+        }
+    };
+    for (tok, &slot) in slots.iter().enumerate() {
+        let row = &qkv[tok * width..(tok + 1) * width];
+        let (c, s) = (&cos[tok * d..(tok + 1) * d], &sin[tok * d..(tok + 1) * d]);
+        let q_row = &mut q_out[tok * heads * d..(tok + 1) * heads * d];
+        for (x, out) in row[..heads * d]
+            .chunks_exact(d)
+            .zip(q_row.chunks_exact_mut(d))
+        {
+            rotate(x, c, s, out);
+        }
+        let at = slot as usize * slot_size;
+        let k_row = &row[heads * d..(heads + kv_heads) * d];
+        for (x, out) in k_row
+            .chunks_exact(d)
+            .zip(key_cache[at..at + slot_size].chunks_exact_mut(d))
+        {
+            rotate(x, c, s, out);
+        }
+        value_cache[at..at + slot_size].copy_from_slice(&row[(heads + kv_heads) * d..]);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod rope_tests {
+    use super::*;
+
+    #[test]
+    fn rotates_q_and_k_and_stores_k_and_v_in_their_slots() {
+        let shape = RopeShape {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 4,
+        };
+        // Two tokens; row = q0 q1 k v, each 4 values.
+        let qkv: Vec<f32> = (0..32).map(|i| i as f32).collect();
+        let cos = vec![1.0, 0.5, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0];
+        let sin = vec![0.0, -2.0, 0.0, 2.0, 1.0, 1.0, 1.0, 1.0];
+        let (mut kc, mut vc, mut q) = (vec![0f32; 12], vec![0f32; 12], vec![0f32; 16]);
+        rope_store(shape, &qkv, &cos, &sin, &[2, 0], &mut kc, &mut vc, &mut q).expect("valid");
+        // token 0, head 0: x = [0 1 2 3], swapped [2 3 0 1]
+        assert_eq!(&q[..4], &[0.0, 0.5 - 6.0, 2.0, 1.5 + 2.0]);
+        // token 1 (cos 0, sin 1): the swapped halves
+        assert_eq!(&q[8..12], &[18.0, 19.0, 16.0, 17.0]);
+        assert_eq!(&kc[8..12], &[8.0, 4.5 - 22.0, 10.0, 5.5 + 18.0]); // token 0's k in slot 2
+        assert_eq!(&vc[8..12], &[12.0, 13.0, 14.0, 15.0]);
+        assert_eq!(&kc[..4], &[26.0, 27.0, 24.0, 25.0]); // token 1's k in slot 0
+        assert_eq!(&vc[..4], &[28.0, 29.0, 30.0, 31.0]);
+        assert!(kc[4..8].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn bad_slots_and_shapes_are_errors() {
+        let shape = RopeShape {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 4,
+        };
+        let qkv = vec![0f32; 16];
+        let (cos, sin) = (vec![0f32; 4], vec![0f32; 4]);
+        let (mut kc, mut vc, mut q) = (vec![0f32; 12], vec![0f32; 12], vec![0f32; 8]);
+        for slots in [[3i64], [-1]] {
+            let err = rope_store(shape, &qkv, &cos, &sin, &slots, &mut kc, &mut vc, &mut q);
+            assert!(matches!(err, Err(CoreError::InvalidRequest(m)) if m.contains("outside")));
+        }
+        let err = rope_store(
+            shape,
+            &qkv[..15],
+            &cos,
+            &sin,
+            &[0],
+            &mut kc,
+            &mut vc,
+            &mut q,
+        );
+        assert!(err.is_err());
+        let err = rope_store(shape, &qkv, &cos, &sin, &[0], &mut kc, &mut vc, &mut q[..7]);
+        assert!(err.is_err());
+    }
+}

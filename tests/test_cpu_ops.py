@@ -1,0 +1,91 @@
+"""The fused Rust CPU ops of the bf16 model path (`rsllm.model.cpu_ops`) equal the torch
+ops they replace, and reject bad input with a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rsllm import _core
+from rsllm.errors import InvalidRequestError
+from rsllm.model import cpu_ops
+from rsllm.model.attention import store_kv
+from rsllm.model.layers import apply_rope
+
+
+def bf16(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).bfloat16()
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_rms_norm_equals_torch(rows: int) -> None:
+    x, w = bf16(rows, 576, seed=1), bf16(576, seed=2)
+    out = cpu_ops.rms_norm(x, None, w, 1e-5)
+    ref = F.rms_norm(x.float(), (576,), w.float(), 1e-5)
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=2**-7)
+
+
+def test_rms_norm_with_residual_adds_in_place_first() -> None:
+    x, res, w = bf16(9, 64, seed=3), bf16(9, 64, seed=4), bf16(64, seed=5)
+    want_res = x + res  # torch's bf16 add: the same rounding as the kernel's
+    out = cpu_ops.rms_norm(x, res, w, 1e-6)
+    assert torch.equal(res, want_res)
+    ref = F.rms_norm(want_res.float(), (64,), w.float(), 1e-6)
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=2**-7)
+
+
+def test_rope_store_equals_rope_then_store() -> None:
+    t, hq, hkv, d = 5, 6, 2, 64
+    qkv = bf16(t, (hq + 2 * hkv) * d, seed=6)
+    angles = torch.rand(t, 1, d // 2, generator=torch.Generator().manual_seed(7)) * 6
+    cos = torch.cat([angles.cos(), angles.cos()], -1).bfloat16()
+    sin = torch.cat([-angles.sin(), angles.sin()], -1).bfloat16()
+    slots = torch.tensor([17, 3, 40, 0, 9])
+    kc, vc = torch.zeros(4, 16, hkv, d).bfloat16(), torch.zeros(4, 16, hkv, d).bfloat16()
+    q = cpu_ops.rope_store(qkv, cos, sin, slots, kc, vc, hq)
+    # The torch path of LlamaAttention: rope on [q; k], then the store.
+    qk = apply_rope(qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d).float(), cos.float(), sin.float())
+    ref_kc, ref_vc = torch.zeros_like(kc), torch.zeros_like(vc)
+    store_kv(qk[:, hq:], qkv[:, (hq + hkv) * d :].view(t, hkv, d), ref_kc, ref_vc, slots)
+    torch.testing.assert_close(q.float(), qk[:, :hq], atol=1e-2, rtol=2**-7)
+    torch.testing.assert_close(kc.float(), ref_kc.float(), atol=1e-2, rtol=2**-7)
+    assert torch.equal(vc, ref_vc)  # V is copied bit for bit
+    untouched = torch.ones(64, dtype=torch.bool)
+    untouched[slots] = False
+    assert (kc.view(64, -1)[untouched] == 0).all()
+
+
+def test_rope_store_rejects_a_slot_outside_the_cache() -> None:
+    qkv = bf16(1, 4 * 64, seed=8)
+    cos = sin = bf16(1, 1, 64, seed=9)
+    kc, vc = torch.zeros(2, 16, 1, 64).bfloat16(), torch.zeros(2, 16, 1, 64).bfloat16()
+    with pytest.raises(InvalidRequestError, match="outside the cache"):
+        cpu_ops.rope_store(qkv, cos, sin, torch.tensor([32]), kc, vc, 2)
+    assert (kc == 0).all() and (vc == 0).all()  # checked before anything is written
+
+
+def test_rms_norm_rejects_mismatched_shapes() -> None:
+    x = np.zeros((4, 8), np.float32)
+    with pytest.raises(InvalidRequestError, match="weight"):
+        _core.rms_norm(x, None, np.ones(7, np.float32), 1e-5, np.empty_like(x), "float32")
+    with pytest.raises(InvalidRequestError, match="same shape"):
+        _core.rms_norm(
+            x,
+            np.zeros((3, 8), np.float32),
+            np.ones(8, np.float32),
+            1e-5,
+            np.empty_like(x),
+            "float32",
+        )
+    with pytest.raises(InvalidRequestError, match="dtype"):
+        _core.rms_norm(x, None, np.ones(8, np.float32), 1e-5, np.empty_like(x), "float16")
+
+
+def test_float32_keeps_torch_ops() -> None:
+    """fp32 stays on torch's ops, whose rounding matches transformers token for token."""
+    x = torch.zeros(2, 8)
+    assert not cpu_ops.fused_rms_norm_supported(x)
+    assert not cpu_ops.fused_rope_supported(x, x)
+    assert cpu_ops.fused_rms_norm_supported(x.bfloat16())
