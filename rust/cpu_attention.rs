@@ -182,10 +182,14 @@ pub fn paged_decode_attention<E: Elem + simd::Load16>(
         let len = seq_lens[seq] as usize;
         let table = &block_tables[seq * s.max_blocks..(seq + 1) * s.max_blocks];
         scratch.rows.clear();
-        scratch.rows.extend((0..len).map(|t| {
-            let block = table[t / s.block_size] as usize;
-            ((block * s.block_size + t % s.block_size) * s.num_kv_heads + kvh) * s.head_dim
-        }));
+        // Block by block: no division per position.
+        for (b, &block) in table[..len.div_ceil(s.block_size)].iter().enumerate() {
+            let first = block as usize * s.block_size;
+            let in_block = s.block_size.min(len - b * s.block_size);
+            scratch.rows.extend(
+                (first..first + in_block).map(|slot| (slot * s.num_kv_heads + kvh) * s.head_dim),
+            );
+        }
         attend_item(
             kernel,
             &s,

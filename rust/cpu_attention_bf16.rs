@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 /// Positions ahead that the loops prefetch (see `x86::PREFETCH_AHEAD`).
-const AHEAD: usize = 16;
+const AHEAD: usize = 32;
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bf16")]
@@ -102,19 +102,24 @@ unsafe fn scores_impl<const C2: usize>(
     let len = rows.len();
     let kp = k.as_ptr();
     let sc = _mm512_set1_ps(scale);
-    let mut t0 = 0;
-    while t0 < len {
-        let n = (len - t0).min(16);
-        // A short last tile repeats its first row; those lanes are not stored.
-        let mut tile = [rows[t0]; 16];
-        tile[..n].copy_from_slice(&rows[t0..t0 + n]);
-        for t in t0 + AHEAD..t0 + AHEAD + 16 {
-            prefetch(kp, rows, t, 2 * d);
+    // Heads outer, positions inner: a head's pass reads each key once (the first pass
+    // from memory, the others from L2), and nothing is loop-invariant across heads for
+    // the compiler to hoist into more registers than there are.
+    for h in 0..heads {
+        let mut qv = [load_bh(q.as_ptr()); C2];
+        for (c, x) in qv.iter_mut().enumerate() {
+            *x = load_bh(q.as_ptr().add(h * d + 32 * c));
         }
-        for h in 0..heads {
-            let mut qv = [load_bh(q.as_ptr()); C2];
-            for (c, x) in qv.iter_mut().enumerate() {
-                *x = load_bh(q.as_ptr().add(h * d + 32 * c));
+        let mut t0 = 0;
+        while t0 < len {
+            let n = (len - t0).min(16);
+            // A short last tile repeats its first row; those lanes are not stored.
+            let mut tile = [rows[t0]; 16];
+            tile[..n].copy_from_slice(&rows[t0..t0 + n]);
+            if h == 0 {
+                for t in t0 + AHEAD..t0 + AHEAD + 16 {
+                    prefetch(kp, rows, t, 2 * d);
+                }
             }
             let mut parts = [_mm512_setzero_ps(); 16];
             for (part, &row) in parts.iter_mut().zip(tile.iter()) {
@@ -127,8 +132,8 @@ unsafe fn scores_impl<const C2: usize>(
             let sums = _mm512_mul_ps(hsum16(&parts), sc);
             let mask = if n == 16 { u16::MAX } else { (1u16 << n) - 1 };
             _mm512_mask_storeu_ps(out.as_mut_ptr().add(h * len + t0), mask, sums);
+            t0 += 16;
         }
-        t0 += 16;
     }
 }
 
