@@ -31,9 +31,12 @@ unsafe fn prefetch(base: *const u16, rows: &[usize], t: usize, bytes: usize) {
 }
 
 /// Sums of each of 16 vectors, as the lanes of one vector (lane j = sum of v[j]).
+///
+/// # Safety
+/// AVX-512F.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
+pub unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
     // Each level adds halves of two inputs into one output, halving the vectors and
     // doubling the inputs covered per output.
     let mut w = [_mm512_setzero_ps(); 8];

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod block_pool;
 pub mod cpu_attention;
+pub mod cpu_linear;
 pub mod cpu_ops;
 pub mod detokenizer;
 pub mod error;

@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "_raise_core_error",
     "kernel_runtime",
+    "linear_row",
     "paged_decode_attention",
     "rms_norm",
     "rope_store",
@@ -35,6 +36,12 @@ def paged_decode_attention(
     dtype: str,
 ) -> None: ...
 def kernel_runtime() -> str: ...
+def linear_row(
+    x: npt.NDArray[np.uint16],
+    weight: npt.NDArray[np.uint16],
+    bias: npt.NDArray[np.uint16] | None,
+    out: npt.NDArray[np.uint16],
+) -> None: ...
 def rope_store(
     qkv: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     cos: npt.NDArray[np.float32] | npt.NDArray[np.uint16],

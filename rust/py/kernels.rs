@@ -15,6 +15,7 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kernel_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(rope_store, m)?)?;
+    m.add_function(wrap_pyfunction!(linear_row, m)?)?;
     Ok(())
 }
 
@@ -205,6 +206,33 @@ where
     detach(py, || {
         crate::cpu_ops::rope_store(shape, qkv, cos, sin, slots, kc, vc, q)
     })
+}
+
+/// `out = x W^T (+ bias)` for one row `x` [1, K] in bfloat16 (uint16 bits): W [N, K],
+/// bias [N] or None, out [1, N]; C-contiguous. Runs without the GIL.
+#[pyfunction]
+fn linear_row(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    weight: &Bound<'_, PyAny>,
+    bias: Option<&Bound<'_, PyAny>>,
+    out: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let x = readonly::<u16>(py, "x", x)?;
+    let w = readonly::<u16>(py, "weight", weight)?;
+    let b = bias.map(|b| readonly::<u16>(py, "bias", b)).transpose()?;
+    let mut o = writable::<u16>(py, "out", out)?;
+    let xs = as_bf16(slice(py, "x", &x)?);
+    let ws = as_bf16(slice(py, "weight", &w)?);
+    let bs = match b.as_ref() {
+        Some(b) => Some(as_bf16(slice(py, "bias", b)?)),
+        None => None,
+    };
+    let os = as_bf16_mut(
+        o.as_slice_mut()
+            .map_err(|_| invalid(py, "out must be C-contiguous".into()))?,
+    );
+    detach(py, || crate::cpu_linear::linear_row(xs, ws, bs, os))
 }
 
 /// The threads the CPU kernels run on: "openmp" (torch's team, when the process has

@@ -73,3 +73,26 @@ def rope_store(
         KERNEL_DTYPES[qkv.dtype],
     )
     return q
+
+
+def linear_row_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """One bf16 row on a CPU: the single-stream decode step, where streaming W is all
+    the work (measured faster than oneDNN's packed kernel there)."""
+    return (
+        x.dim() == 2
+        and x.shape[0] == 1
+        and x.dtype == torch.bfloat16
+        and weight.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and x.is_contiguous()
+        and weight.is_contiguous()
+    )
+
+
+def linear_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [1, K] @ weight[N, K]^T (+ bias) -> [1, N], in one Rust pass over W."""
+    out = x.new_empty(1, weight.shape[0])
+    _core.linear_row(
+        as_numpy(x), as_numpy(weight), None if bias is None else as_numpy(bias), as_numpy(out)
+    )
+    return out
