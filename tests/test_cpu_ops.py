@@ -89,3 +89,26 @@ def test_float32_keeps_torch_ops() -> None:
     assert not cpu_ops.fused_rms_norm_supported(x)
     assert not cpu_ops.fused_rope_supported(x, x)
     assert cpu_ops.fused_rms_norm_supported(x.bfloat16())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_row_equals_torch(bias: bool) -> None:
+    x, w = bf16(1, 576, seed=10), bf16(960, 576, seed=11)
+    b = bf16(960, seed=12) if bias else None
+    out = cpu_ops.linear_row(x, w, b)
+    ref = F.linear(x.float(), w.float(), None if b is None else b.float())
+    assert out.shape == (1, 960) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2**-7)
+
+
+def test_linear_row_only_takes_one_bf16_row() -> None:
+    w = bf16(8, 32, seed=13)
+    assert cpu_ops.linear_row_supported(bf16(1, 32, seed=14), w)
+    assert not cpu_ops.linear_row_supported(bf16(2, 32, seed=14), w)
+    assert not cpu_ops.linear_row_supported(torch.zeros(1, 32), w.float())
+
+
+def test_linear_row_rejects_a_weight_of_the_wrong_size() -> None:
+    x = np.zeros((1, 32), np.uint16)
+    with pytest.raises(InvalidRequestError, match="weight holds"):
+        _core.linear_row(x, np.zeros((8, 31), np.uint16), None, np.zeros((1, 8), np.uint16))
