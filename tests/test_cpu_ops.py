@@ -112,3 +112,14 @@ def test_linear_row_rejects_a_weight_of_the_wrong_size() -> None:
     x = np.zeros((1, 32), np.uint16)
     with pytest.raises(InvalidRequestError, match="weight holds"):
         _core.linear_row(x, np.zeros((8, 31), np.uint16), None, np.zeros((1, 8), np.uint16))
+
+
+def test_persistent_numpy_reuses_a_view_only_for_the_same_live_tensor() -> None:
+    t = bf16(4, 8, seed=15)
+    view = cpu_ops.persistent_numpy(t)
+    assert cpu_ops.persistent_numpy(t) is view
+    t[0, 0] = 3.0  # a view, not a copy: the kernels see in-place updates (KV cache)
+    assert view[0, 0] == t[0:1, 0:1].view(torch.uint16).item()
+    key = id(t)
+    del t, view
+    assert key not in cpu_ops._VIEWS  # dropped with its tensor: a new one at the id is safe

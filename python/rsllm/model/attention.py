@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from rsllm import _core
 from rsllm.errors import InvalidRequestError
-from rsllm.model.cpu_ops import KERNEL_DTYPES, as_numpy
+from rsllm.model.cpu_ops import KERNEL_DTYPES, as_numpy, persistent_numpy
 
 
 def store_kv(
@@ -224,8 +224,8 @@ def decode_kernel(
     out = torch.empty_like(query)
     _core.paged_decode_attention(
         as_numpy(query),
-        as_numpy(key_cache),
-        as_numpy(value_cache),
+        persistent_numpy(key_cache),
+        persistent_numpy(value_cache),
         block_tables,
         seq_lens,
         scale,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -14,6 +16,21 @@ KERNEL_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 def as_numpy(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor, bfloat16 as uint16."""
     return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+# id(tensor) -> (weak reference, numpy view) for tensors that live across steps.
+_VIEWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
+
+
+def persistent_numpy(t: torch.Tensor) -> np.ndarray:
+    """`as_numpy` memoised for long-lived tensors (weights, KV caches): each layer of each
+    step would otherwise make ~10 views again, about 1 us apiece."""
+    hit = _VIEWS.get(id(t))
+    if hit is not None and hit[0]() is t:
+        return hit[1]
+    view = as_numpy(t)
+    _VIEWS[id(t)] = (weakref.ref(t, lambda _, key=id(t): _VIEWS.pop(key, None)), view)
+    return view
 
 
 def fused_rms_norm_supported(x: torch.Tensor) -> bool:
@@ -31,7 +48,7 @@ def rms_norm(
     _core.rms_norm(
         as_numpy(x),
         None if residual is None else as_numpy(residual),
-        as_numpy(weight),
+        persistent_numpy(weight),
         eps,
         as_numpy(out),
         KERNEL_DTYPES[x.dtype],
@@ -67,8 +84,8 @@ def rope_store(
         as_numpy(cos),
         as_numpy(sin),
         slot_mapping.numpy(),
-        as_numpy(key_cache),
-        as_numpy(value_cache),
+        persistent_numpy(key_cache),
+        persistent_numpy(value_cache),
         as_numpy(q),
         KERNEL_DTYPES[qkv.dtype],
     )
@@ -93,6 +110,9 @@ def linear_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     """x [1, K] @ weight[N, K]^T (+ bias) -> [1, N], in one Rust pass over W."""
     out = x.new_empty(1, weight.shape[0])
     _core.linear_row(
-        as_numpy(x), as_numpy(weight), None if bias is None else as_numpy(bias), as_numpy(out)
+        as_numpy(x),
+        persistent_numpy(weight),
+        None if bias is None else persistent_numpy(bias),
+        as_numpy(out),
     )
     return out
