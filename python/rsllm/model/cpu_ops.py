@@ -29,7 +29,8 @@ def persistent_numpy(t: torch.Tensor) -> np.ndarray:
     if hit is not None and hit[0]() is t:
         return hit[1]
     view = as_numpy(t)
-    _VIEWS[id(t)] = (weakref.ref(t, lambda _, key=id(t): _VIEWS.pop(key, None)), view)
+    key = id(t)
+    _VIEWS[key] = (weakref.ref(t, lambda _: _VIEWS.pop(key, None)), view)
     return view
 
 
