@@ -150,3 +150,27 @@ def test_kernel_runs_on_torchs_openmp_team() -> None:
     """With torch imported, the kernel's threads are torch's OpenMP team (a pool of our
     own would fight torch's spinning threads for the cores)."""
     assert _core.kernel_runtime() == "openmp"
+
+
+def test_bfloat16_prefills_one_at_a_time_equal_the_padded_batch() -> None:
+    """Several prefills (with prefixes) beside decodes, in bf16: the cpu backend runs each
+    prefill alone (no padding to the longest) and agrees with the reference's padded
+    batch and with float32 attention."""
+    requests = [(1, 40), (5, 21), (30, 30), (12, 60), (1, 97), (3, 3)]
+    b = make_batch(requests, 3, 64, torch.bfloat16, torch.device("cpu"), seed=4, unowned=0.0)
+    outs = []
+    for backend in (CpuBackend(), TorchReferenceBackend()):
+        slots = np.zeros(int(b.query_start_loc[-1]), np.int64)
+        meta = backend.build_metadata(
+            slots,
+            b.query_start_loc.numpy(),
+            b.seq_lens.numpy(),
+            b.block_tables.numpy(),
+            16,
+            torch.device("cpu"),
+        )
+        assert meta.plan is not None and meta.plan.prefill is not None
+        assert len(meta.plan.prefill.spans) == 4
+        outs.append(backend.attend(b.query, b.key_cache, b.value_cache, meta, b.scale).float())
+    torch.testing.assert_close(outs[0], outs[1], atol=3e-2, rtol=2**-6)
+    torch.testing.assert_close(outs[0], reference_attention(b), atol=3e-2, rtol=2**-6)

@@ -70,7 +70,9 @@ class _PrefillPlan:
     block_tables: torch.Tensor  # [Rp, nb]
     mask: torch.Tensor | None  # [Rp, 1, Qmax, L] bool; None: plain causal (no prefix, Rp 1)
     kv_len: int  # keys to attend to (a prefix of the gathered blocks)
-    # Additive mask of the half-precision matmul path, by (dtype, group), shared by layers.
+    spans: list[tuple[int, int, int]]  # per request: (first token row, q_len, seq_len)
+    # Additive masks of the half-precision matmul paths, shared by layers: by (dtype,
+    # group) for the batched one, by (dtype, -1 - r) for request r of `_prefill_one`.
     bias: dict[tuple[torch.dtype, int], torch.Tensor] = field(default_factory=dict)
 
 
@@ -142,6 +144,7 @@ def plan_reference(
             block_tables=tensor(bt[pre, :nb]),
             mask=mask,
             kv_len=kv_len,
+            spans=[(int(qsl[r]), int(q), int(sl_)) for r, q, sl_ in zip(pre, pq, ps, strict=True)],
         )
     return ReferencePlan(num_tokens=num_tokens, decode=decode, prefill=prefill)
 
@@ -262,7 +265,10 @@ def attend_reference(
     if dp is not None:
         assert dp.rows is not None
         out.index_copy_(0, dp.rows, decode(query.index_select(0, dp.rows), dp))
-    if pp is not None:
+    if pp is not None and use_kernel and len(pp.spans) > 1 and _half_on_cpu(query):
+        for r in range(len(pp.spans)):
+            _prefill_one(query, key_cache, value_cache, pp, r, scale, out)
+    elif pp is not None:
         rp, qmax = pp.rows.shape
         q = query[pp.rows].transpose(1, 2)  # [Rp, Hq, Qmax, D]
         k = _gather(key_cache, pp.block_tables)[:, :, : pp.kv_len]
@@ -276,6 +282,46 @@ def attend_reference(
         o = o.transpose(1, 2).reshape(rp * qmax, hq, d)  # [Rp * Qmax, Hq, D]
         out.index_copy_(0, pp.out_rows, o[pp.valid])
     return out
+
+
+def _half_on_cpu(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+
+
+def _prefill_one(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    pp: _PrefillPlan,
+    r: int,
+    scale: float,
+    out: torch.Tensor,
+) -> None:
+    """Prefill request r of the plan alone, into its rows of `out`. The batched path pads
+    every prefill of the step to the longest query and the longest context; with
+    512-token steps on a CPU (a long prompt's chunk beside short prompts) that padding
+    was most of the prefill attention's work (measured: 2.2 s of a 14 s run)."""
+    start, ql, sl = pp.spans[r]
+    _, bs, hkv, d = key_cache.shape
+    hq = query.shape[1]
+    group = hq // hkv
+    ids = pp.block_tables[r, : -(-sl // bs)]
+    k = key_cache.index_select(0, ids).view(-1, hkv, d)[:sl].permute(1, 2, 0)  # [Hkv, D, L]
+    v = value_cache.index_select(0, ids).view(-1, hkv, d)[:sl].transpose(0, 1)  # [Hkv, L, D]
+    q = query[start : start + ql].view(ql, hkv, group, d).permute(1, 2, 0, 3)
+    q = q.reshape(hkv, group * ql, d)  # the query heads of a KV head as rows
+    key = (q.dtype, -1 - r)
+    bias = pp.bias.get(key)
+    if bias is None:
+        # Query i sits at position sl - ql + i and sees keys up to it.
+        qpos = torch.arange(sl - ql, sl, device=q.device).repeat(group)
+        allowed = torch.arange(sl, device=q.device)[None, :] <= qpos[:, None]
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)
+        bias.masked_fill_(~allowed, float("-inf"))
+        pp.bias[key] = bias = bias[None]  # [1, group * ql, L]
+    scores = torch.baddbmm(bias, q, k, alpha=scale)  # [Hkv, group * ql, L]
+    o = torch.bmm(scores.softmax(dim=-1), v).view(hkv, group, ql, d)
+    out[start : start + ql] = o.permute(2, 0, 1, 3).reshape(ql, hq, d)
 
 
 # The half-precision prefill materialises its scores [Rp, Hq, Qmax, L]; above this many
