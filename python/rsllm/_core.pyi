@@ -15,6 +15,7 @@ __all__ = [
     "Tokenizer",
     "__version__",
     "_raise_core_error",
+    "argmax_rows",
     "kernel_runtime",
     "linear_row",
     "paged_decode_attention",
@@ -36,6 +37,11 @@ def paged_decode_attention(
     dtype: str,
 ) -> None: ...
 def kernel_runtime() -> str: ...
+def argmax_rows(
+    x: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    out: npt.NDArray[np.int64],
+    dtype: str,
+) -> None: ...
 def linear_row(
     x: npt.NDArray[np.uint16],
     weight: npt.NDArray[np.uint16],

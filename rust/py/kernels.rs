@@ -16,6 +16,7 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(rope_store, m)?)?;
     m.add_function(wrap_pyfunction!(linear_row, m)?)?;
+    m.add_function(wrap_pyfunction!(argmax_rows, m)?)?;
     Ok(())
 }
 
@@ -233,6 +234,39 @@ fn linear_row(
             .map_err(|_| invalid(py, "out must be C-contiguous".into()))?,
     );
     detach(py, || crate::cpu_linear::linear_row(xs, ws, bs, os))
+}
+
+/// `out[r]` = index of the first maximum of row r of `x` [S, V] (float32, or bfloat16 as
+/// uint16; a NaN counts as the maximum, as in torch); out int64 [S]. Runs without the GIL.
+#[pyfunction]
+fn argmax_rows(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    out: numpy::PyReadwriteArray1<'_, i64>,
+    dtype: &str,
+) -> PyResult<()> {
+    let mut out = out;
+    let os = out
+        .as_slice_mut()
+        .map_err(|_| invalid(py, "out must be C-contiguous".into()))?;
+    match dtype {
+        "float32" => {
+            let x = readonly::<f32>(py, "x", x)?;
+            let len = *x.shape().last().unwrap_or(&0);
+            let xs = slice(py, "x", &x)?;
+            detach(py, || crate::cpu_ops::argmax_rows(xs, len, os))
+        }
+        "bfloat16" => {
+            let x = readonly::<u16>(py, "x", x)?;
+            let len = *x.shape().last().unwrap_or(&0);
+            let xs = as_bf16(slice(py, "x", &x)?);
+            detach(py, || crate::cpu_ops::argmax_rows(xs, len, os))
+        }
+        other => Err(invalid(
+            py,
+            format!("argmax_rows: dtype must be float32 or bfloat16, got {other:?}"),
+        )),
+    }
 }
 
 /// The threads the CPU kernels run on: "openmp" (torch's team, when the process has

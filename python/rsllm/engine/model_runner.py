@@ -21,9 +21,10 @@ import torch
 
 from rsllm.engine.sampling_state import RequestState, build_sampling_tensors, check_params
 from rsllm.errors import InvalidRequestError, UnknownRequestError
+from rsllm.model import cpu_ops
 from rsllm.model.arch_config import ArchConfig
 from rsllm.model.registry import build_model
-from rsllm.model.sampler import apply_token_bitmask, sample
+from rsllm.model.sampler import SamplerOutput, SamplingTensors, apply_token_bitmask, sample
 from rsllm.sampling_params import SamplingParams
 
 # The default KV cache on a CPU: the smaller of 2 GiB and 10% of the free RAM, and
@@ -89,6 +90,18 @@ def _keep_freed_memory() -> None:
         libc.mallopt(-2, 256 << 20)  # M_TOP_PAD: grow the heap in 256 MiB steps
     except (OSError, AttributeError):
         pass
+
+
+def _plain_greedy(st: SamplingTensors) -> bool:
+    """Every row greedy, with nothing that changes the logits or reads them back."""
+    return (
+        st.all_greedy
+        and st.penalties is None
+        and st.bias is None
+        and st.allowed is None
+        and st.banned is None
+        and st.max_num_logprobs is None
+    )
 
 
 def _available_ram() -> int:
@@ -251,11 +264,17 @@ class ModelRunner:
         out.prompt_logprobs = self._prompt_logprobs(batch, states, hidden)
         if not sampling_ids:
             return out
-        logits = self.model.compute_logits(hidden[logits_indices.to(dev)])  # [S, V] fp32
-        if grammar_bitmask is not None:
-            apply_token_bitmask(logits, grammar_bitmask)
-        st = build_sampling_tensors(sampling_states, logits.shape[-1], dev)
-        result = sample(logits, st, self.generator)
+        rows = hidden[logits_indices.to(dev)]
+        st = build_sampling_tensors(sampling_states, self.model.lm_head.weight.shape[0], dev)
+        if grammar_bitmask is None and _plain_greedy(st) and rows.device.type == "cpu":
+            # Nothing but the argmax: straight from the model-dtype logits.
+            raw = self.model.compute_raw_logits(rows)
+            result = SamplerOutput(sampled=cpu_ops.argmax_rows(raw), logprobs=None)
+        else:
+            logits = self.model.compute_logits(rows)  # [S, V] fp32
+            if grammar_bitmask is not None:
+                apply_token_bitmask(logits, grammar_bitmask)
+            result = sample(logits, st, self.generator)
         sampled = result.sampled.to(torch.int32).cpu().numpy()
         for state, tok in zip(sampling_states, sampled.tolist(), strict=True):
             state.output_token_ids.append(tok)

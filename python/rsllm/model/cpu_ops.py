@@ -117,3 +117,11 @@ def linear_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
         as_numpy(out),
     )
     return out
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(x, dim=-1) for a 2-D CPU tensor in float32 or bfloat16 (first maximum;
+    NaN counts as the maximum), without torch's slow bf16 reduction or a float copy."""
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    _core.argmax_rows(as_numpy(x.contiguous()), out.numpy(), KERNEL_DTYPES[x.dtype])
+    return out

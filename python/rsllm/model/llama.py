@@ -187,7 +187,8 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     """`forward(input_ids[T], positions[T], kv_caches, meta) -> hidden[T, H]`;
-    `compute_logits(hidden[S, H]) -> logits[S, V]` (float32)."""
+    `compute_logits(hidden[S, H]) -> logits[S, V]` (float32; `compute_raw_logits`: the
+    model's dtype)."""
 
     def __init__(
         self,
@@ -216,7 +217,11 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        return self.compute_raw_logits(hidden).float()
+
+    def compute_raw_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits in the model's dtype (greedy sampling needs no float32 copy)."""
+        return self.lm_head(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors in, stacking q/k/v and gate/up; every parameter must be set."""
