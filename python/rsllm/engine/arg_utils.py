@@ -180,7 +180,7 @@ class EngineArgs:
             "--max-num-batched-tokens",
             type=parse_human_int,
             help="Token budget of one step (long prompts are prefilled in chunks). "
-            "Default: chosen by the engine.",
+            "Default: 512 on a CPU, 2048 on a GPU (with chunked prefill).",
         )
         g.add_argument(
             "--block-size", type=int, default=16, help="Tokens per KV-cache block (power of two)."
