@@ -451,7 +451,7 @@ pub mod simd {
     }
 
     #[cfg(target_arch = "x86_64")]
-    pub use x86::{scores, softmax, weighted_sum};
+    pub use x86::{exp, scores, softmax, weighted_sum};
 
     #[cfg(target_arch = "x86_64")]
     pub use super::simd_bf16 as bf16;
@@ -592,12 +592,15 @@ pub mod simd {
             }
         }
 
-        /// exp(x) for x <= 0 (softmax inputs after the max is subtracted): Cody-Waite
-        /// range reduction to r in [-ln2/2, ln2/2], a degree-6 polynomial (Cephes expf,
-        /// about 1 ulp), and the power of two applied by `scalef` (underflow goes to 0).
+        /// exp(x): Cody-Waite range reduction to r in [-ln2/2, ln2/2], a degree-6
+        /// polynomial (Cephes expf, about 1 ulp), and the power of two applied by
+        /// `scalef` (underflow goes to 0, overflow to +inf).
+        ///
+        /// # Safety
+        /// AVX-512F.
         #[inline]
         #[target_feature(enable = "avx512f")]
-        unsafe fn exp(x: __m512) -> __m512 {
+        pub unsafe fn exp(x: __m512) -> __m512 {
             let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
             let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(
                 x,

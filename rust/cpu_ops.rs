@@ -568,3 +568,153 @@ mod argmax_tests {
         assert_eq!(got, want);
     }
 }
+
+/// `out[t] = silu(gate[t]) * up[t]` for each row t of `gate_up` [T, 2I] = [gate | up],
+/// into `out` [T, I]: the gated MLP's activation in one pass (torch: silu, then a
+/// multiply, each a pass and an allocation). Computed in f32, rounded once.
+pub fn silu_mul<E: crate::cpu_attention::simd::Load16>(
+    gate_up: &[E],
+    out: &mut [E],
+    inter: usize,
+) -> Result<(), CoreError> {
+    if inter == 0 || gate_up.len() != 2 * out.len() || !out.len().is_multiple_of(inter) {
+        return Err(CoreError::InvalidRequest(format!(
+            "silu_mul: gate_up of {} values does not match out of {} in rows of {inter}",
+            gate_up.len(),
+            out.len()
+        )));
+    }
+    let rows = out.len() / inter;
+    let one = |g: &[E], o: &mut [E]| {
+        let (gate, up) = g.split_at(inter);
+        #[cfg(target_arch = "x86_64")]
+        if E::HAS_LOAD16 && wide_vectors() {
+            // SAFETY: the CPU has AVX-512F (`wide_vectors`).
+            unsafe { silu_mul_avx512(gate, up, o) };
+            return;
+        }
+        for ((o, a), b) in o.iter_mut().zip(gate).zip(up) {
+            let a = a.to_f32();
+            *o = E::from_f32(a / (1.0 + (-a).exp()) * b.to_f32());
+        }
+    };
+    if out.len() < 1 << 16 {
+        for (g, o) in gate_up
+            .chunks_exact(2 * inter)
+            .zip(out.chunks_exact_mut(inter))
+        {
+            one(g, o);
+        }
+    } else {
+        let out_ptr = OutElems(out.as_mut_ptr());
+        crate::thread_team::for_each_item(rows, |_: &mut (), r| {
+            // SAFETY: row r of out is in bounds (r < rows) and handed out once.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(r * inter), inter) };
+            one(&gate_up[2 * r * inter..2 * (r + 1) * inter], o);
+        });
+    }
+    Ok(())
+}
+
+struct OutElems<E>(*mut E);
+
+impl<E> Clone for OutElems<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for OutElems<E> {}
+
+impl<E> OutElems<E> {
+    fn get(self) -> *mut E {
+        self.0
+    }
+}
+
+// SAFETY: only used to write disjoint rows (see `silu_mul`).
+unsafe impl<E: Send> Sync for OutElems<E> {}
+unsafe impl<E: Send> Send for OutElems<E> {}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn silu_mul_avx512<E: crate::cpu_attention::simd::Load16>(
+    gate: &[E],
+    up: &[E],
+    out: &mut [E],
+) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    let full = n / 16 * 16;
+    let one = _mm512_set1_ps(1.0);
+    let mut buf = [0f32; 16];
+    for i in (0..full).step_by(16) {
+        let g = E::load16(gate.as_ptr().add(i));
+        let u = E::load16(up.as_ptr().add(i));
+        let e = crate::cpu_attention::simd::exp(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        let v = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u);
+        _mm512_storeu_ps(buf.as_mut_ptr(), v);
+        for (o, &x) in out[i..i + 16].iter_mut().zip(&buf) {
+            *o = E::from_f32(x);
+        }
+    }
+    for i in full..n {
+        let a = gate[i].to_f32();
+        out[i] = E::from_f32(a / (1.0 + (-a).exp()) * up[i].to_f32());
+    }
+}
+
+#[cfg(test)]
+mod silu_tests {
+    use super::*;
+    use crate::cpu_attention::Bf16;
+
+    #[test]
+    fn equals_the_formula_in_both_types() {
+        for (rows, inter) in [(1, 1536), (3, 37), (70, 1536)] {
+            let g: Vec<f32> = (0..rows * 2 * inter)
+                .map(|i| ((i * 7919) % 2001) as f32 / 100.0 - 10.0)
+                .collect();
+            let mut out = vec![0f32; rows * inter];
+            silu_mul(&g, &mut out, inter).expect("valid");
+            for r in 0..rows {
+                for i in 0..inter {
+                    let (a, b) = (
+                        g[2 * r * inter + i] as f64,
+                        g[2 * r * inter + inter + i] as f64,
+                    );
+                    let want = a / (1.0 + (-a).exp()) * b;
+                    let got = out[r * inter + i] as f64;
+                    assert!(
+                        (got - want).abs() <= want.abs() * 1e-5 + 1e-6,
+                        "{got} vs {want}"
+                    );
+                }
+            }
+            let gb: Vec<Bf16> = g.iter().map(|&v| Bf16::from_f32(v)).collect();
+            let mut ob = vec![Bf16::default(); rows * inter];
+            silu_mul(&gb, &mut ob, inter).expect("valid");
+            for (i, o) in ob.iter().enumerate() {
+                let (r, c) = (i / inter, i % inter);
+                let (a, b) = (
+                    gb[2 * r * inter + c].to_f32(),
+                    gb[2 * r * inter + inter + c].to_f32(),
+                );
+                let want = a / (1.0 + (-a).exp()) * b;
+                assert!((o.to_f32() - want).abs() <= want.abs() / 128.0 + 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn extremes_and_bad_shapes() {
+        let g = [-200.0f32, 200.0, 0.0, 2.0, 3.0, 4.0];
+        let mut out = [0f32; 3];
+        silu_mul(&g, &mut out, 3).expect("valid");
+        assert_eq!(out[0], -0.0 * 2.0);
+        assert!((out[1] - 600.0).abs() < 1e-3);
+        assert_eq!(out[2], 0.0);
+        assert!(silu_mul(&g, &mut [0f32; 2], 2).is_err());
+        assert!(silu_mul(&g, &mut [0f32; 3], 0).is_err());
+    }
+}

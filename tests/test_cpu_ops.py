@@ -86,9 +86,9 @@ def test_rms_norm_rejects_mismatched_shapes() -> None:
 def test_float32_keeps_torch_ops() -> None:
     """fp32 stays on torch's ops, whose rounding matches transformers token for token."""
     x = torch.zeros(2, 8)
-    assert not cpu_ops.fused_rms_norm_supported(x)
+    assert not cpu_ops.fused_ops_supported(x)
     assert not cpu_ops.fused_rope_supported(x, x)
-    assert cpu_ops.fused_rms_norm_supported(x.bfloat16())
+    assert cpu_ops.fused_ops_supported(x.bfloat16())
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -135,3 +135,12 @@ def test_argmax_rows_equals_torch(dtype: torch.dtype) -> None:
     assert got.dtype == torch.int64
     assert torch.equal(got, x.float().argmax(dim=-1))
     assert got[2] == 100 and got[5] == 0 and got[6] == 17
+
+
+def test_silu_mul_equals_torch() -> None:
+    gate_up = bf16(70, 2 * 1536, seed=17)  # 70 rows: the multi-threaded split
+    out = cpu_ops.silu_mul(gate_up)
+    g, u = gate_up.float().chunk(2, dim=-1)
+    torch.testing.assert_close(out.float(), F.silu(g) * u, atol=1e-2, rtol=2**-7)
+    one = cpu_ops.silu_mul(gate_up[:1].contiguous())
+    assert torch.equal(one, out[:1])

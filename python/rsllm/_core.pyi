@@ -21,6 +21,7 @@ __all__ = [
     "paged_decode_attention",
     "rms_norm",
     "rope_store",
+    "silu_mul",
 ]
 
 __version__: str
@@ -37,6 +38,11 @@ def paged_decode_attention(
     dtype: str,
 ) -> None: ...
 def kernel_runtime() -> str: ...
+def silu_mul(
+    gate_up: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    dtype: str,
+) -> None: ...
 def argmax_rows(
     x: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     out: npt.NDArray[np.int64],

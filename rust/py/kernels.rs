@@ -17,6 +17,7 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rope_store, m)?)?;
     m.add_function(wrap_pyfunction!(linear_row, m)?)?;
     m.add_function(wrap_pyfunction!(argmax_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(silu_mul, m)?)?;
     Ok(())
 }
 
@@ -267,6 +268,47 @@ fn argmax_rows(
             format!("argmax_rows: dtype must be float32 or bfloat16, got {other:?}"),
         )),
     }
+}
+
+/// `out = silu(gate) * up` for `gate_up` [T, 2I] = [gate | up] into `out` [T, I];
+/// float32 or bfloat16 (as uint16), C-contiguous. Runs without the GIL.
+#[pyfunction]
+fn silu_mul(
+    py: Python<'_>,
+    gate_up: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    dtype: &str,
+) -> PyResult<()> {
+    match dtype {
+        "float32" => silu_as::<f32, f32>(py, gate_up, out, |x| x, |x| x),
+        "bfloat16" => silu_as::<u16, cpu_attention::Bf16>(py, gate_up, out, as_bf16, as_bf16_mut),
+        other => Err(invalid(
+            py,
+            format!("silu_mul: dtype must be float32 or bfloat16, got {other:?}"),
+        )),
+    }
+}
+
+fn silu_as<N, E>(
+    py: Python<'_>,
+    gate_up: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    view: fn(&[N]) -> &[E],
+    view_mut: fn(&mut [N]) -> &mut [E],
+) -> PyResult<()>
+where
+    N: numpy::Element + Sync + Send,
+    E: cpu_attention::simd::Load16,
+{
+    let g = readonly::<N>(py, "gate_up", gate_up)?;
+    let mut o = writable::<N>(py, "out", out)?;
+    let inter = *o.shape().last().unwrap_or(&0);
+    let gs = view(slice(py, "gate_up", &g)?);
+    let os = view_mut(
+        o.as_slice_mut()
+            .map_err(|_| invalid(py, "out must be C-contiguous".into()))?,
+    );
+    detach(py, || crate::cpu_ops::silu_mul(gs, os, inter))
 }
 
 /// The threads the CPU kernels run on: "openmp" (torch's team, when the process has

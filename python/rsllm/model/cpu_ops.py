@@ -34,9 +34,10 @@ def persistent_numpy(t: torch.Tensor) -> np.ndarray:
     return view
 
 
-def fused_rms_norm_supported(x: torch.Tensor) -> bool:
-    """bfloat16 only: float32 keeps torch's rms_norm, whose rounding the token-for-token
-    comparison with transformers was checked against."""
+def fused_ops_supported(x: torch.Tensor) -> bool:
+    """Whether the fused ops (`rms_norm`, `silu_mul`) take x: bfloat16 on a CPU. float32
+    keeps torch's ops, whose rounding the token-for-token comparison with transformers
+    was checked against."""
     return x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.is_contiguous()
 
 
@@ -58,7 +59,7 @@ def rms_norm(
 
 
 def fused_rope_supported(qkv: torch.Tensor, key_cache: torch.Tensor) -> bool:
-    """bfloat16 on a CPU (float32 keeps torch's rope: see `fused_rms_norm_supported`)."""
+    """bfloat16 on a CPU (float32 keeps torch's rope: see `fused_ops_supported`)."""
     return (
         qkv.device.type == "cpu"
         and qkv.dtype == torch.bfloat16
@@ -124,4 +125,12 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     NaN counts as the maximum), without torch's slow bf16 reduction or a float copy."""
     out = torch.empty(x.shape[0], dtype=torch.int64)
     _core.argmax_rows(as_numpy(x.contiguous()), out.numpy(), KERNEL_DTYPES[x.dtype])
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for `gate_up` [T, 2I] = [gate | up] -> [T, I] in one pass."""
+    t, two_i = gate_up.shape
+    out = gate_up.new_empty(t, two_i // 2)
+    _core.silu_mul(as_numpy(gate_up), as_numpy(out), KERNEL_DTYPES[gate_up.dtype])
     return out

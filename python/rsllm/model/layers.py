@@ -73,14 +73,14 @@ class RMSNorm(nn.Module):
         self.shape = (size,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_ops.fused_rms_norm_supported(x):
+        if cpu_ops.fused_ops_supported(x):
             return cpu_ops.rms_norm(x, None, self.weight, self.eps)
         return F.rms_norm(x, self.shape, self.weight, self.eps)
 
     def forward_add(
         self, x: torch.Tensor, residual: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if cpu_ops.fused_rms_norm_supported(x) and residual.is_contiguous():
+        if cpu_ops.fused_ops_supported(x) and residual.is_contiguous():
             return cpu_ops.rms_norm(x, residual, self.weight, self.eps), residual
         residual = x.add_(residual)  # x is a fresh activation: reuse its storage
         return F.rms_norm(residual, self.shape, self.weight, self.eps), residual
@@ -153,5 +153,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [T, 2 * inter]
+        if cpu_ops.fused_ops_supported(gate_up):  # bf16 on a CPU: one Rust pass
+            return self.down_proj(cpu_ops.silu_mul(gate_up))
         act = F.silu(gate_up[:, : self.inter]).mul_(gate_up[:, self.inter :])
         return self.down_proj(act)
