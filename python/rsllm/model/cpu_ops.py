@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,6 +35,21 @@ def persistent_numpy(t: torch.Tensor) -> np.ndarray:
     return view
 
 
+@dataclass(frozen=True)
+class Buffer:
+    """A CPU tensor reused across steps, with its numpy view made once. Holds one op's
+    output until the same op runs again: only for outputs that the step consumes
+    before then (a module's single-row decode output)."""
+
+    tensor: torch.Tensor
+    array: np.ndarray
+
+    @staticmethod
+    def empty(shape: tuple[int, ...], dtype: torch.dtype) -> Buffer:
+        t = torch.empty(shape, dtype=dtype)
+        return Buffer(t, as_numpy(t))
+
+
 def fused_ops_supported(x: torch.Tensor) -> bool:
     """Whether the fused ops (`rms_norm`, `silu_mul`) take x: bfloat16 on a CPU. float32
     keeps torch's ops, whose rounding the token-for-token comparison with transformers
@@ -42,20 +58,26 @@ def fused_ops_supported(x: torch.Tensor) -> bool:
 
 
 def rms_norm(
-    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    out: Buffer | None = None,
 ) -> torch.Tensor:
     """RMSNorm(x) * weight in one pass; with `residual`, `residual += x` first (in place)
-    and the norm of the sum. Rows are the leading dimensions of x."""
-    out = torch.empty_like(x)
+    and the norm of the sum. Rows are the leading dimensions of x. Into `out` when given."""
+    if out is None:
+        t = torch.empty_like(x)
+        out = Buffer(t, as_numpy(t))
     _core.rms_norm(
         as_numpy(x),
         None if residual is None else as_numpy(residual),
         persistent_numpy(weight),
         eps,
-        as_numpy(out),
+        out.array,
         KERNEL_DTYPES[x.dtype],
     )
-    return out
+    return out.tensor
 
 
 def fused_rope_supported(qkv: torch.Tensor, key_cache: torch.Tensor) -> bool:
@@ -108,16 +130,20 @@ def linear_row_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def linear_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [1, K] @ weight[N, K]^T (+ bias) -> [1, N], in one Rust pass over W."""
-    out = x.new_empty(1, weight.shape[0])
+def linear_row(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: Buffer | None = None
+) -> torch.Tensor:
+    """x [1, K] @ weight[N, K]^T (+ bias) -> [1, N], in one Rust pass over W (into `out`
+    when given)."""
+    if out is None:
+        out = Buffer.empty((1, weight.shape[0]), x.dtype)
     _core.linear_row(
         as_numpy(x),
         persistent_numpy(weight),
         None if bias is None else persistent_numpy(bias),
-        as_numpy(out),
+        out.array,
     )
-    return out
+    return out.tensor
 
 
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
