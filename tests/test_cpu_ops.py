@@ -125,7 +125,7 @@ def test_persistent_numpy_reuses_a_view_only_for_the_same_live_tensor() -> None:
     assert key not in cpu_ops._VIEWS  # dropped with its tensor: a new one at the id is safe
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_argmax_rows_equals_torch(dtype: torch.dtype) -> None:
     x = torch.randn(7, 49152, generator=torch.Generator().manual_seed(16)).to(dtype)
     x[2, 100] = x[2, 4000] = 50.0  # a tie: the first index wins, as in torch

@@ -124,3 +124,32 @@ def test_kv_cache_sized_from_memory_budget(tiny):
     )
     assert runner2.num_blocks == 100
     assert runner2.kv_caches[0][0].shape == (100, 4, 2, 16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_greedy_half_precision_decode_on_each_backend(tiny, dtype: torch.dtype) -> None:
+    """Greedy single-stream decode in half precision runs on both CPU backends (the cpu
+    backend's one-row Rust path and argmax, or torch's ops where it has no kernel: fp16,
+    where the two backends must then agree token for token)."""
+    cfg, hf = tiny
+    outs = []
+    for backend in ("cpu", "torch"):
+        runner = ModelRunner(
+            cfg,
+            hf.state_dict(),
+            dtype=dtype,
+            block_size=4,
+            num_blocks=64,
+            max_model_len=128,
+            max_num_seqs=8,
+            max_num_batched_tokens=256,
+            attention_backend=backend,
+        )
+        runner.add_request("r", [5, 6, 7, 8, 9], SamplingParams(temperature=0.0, max_tokens=20))
+        driver = PagedDriver(64, 4)
+        driver.add("r", [5, 6, 7, 8, 9])
+        outs.append(generate(runner, driver, ["r"], 12)["r"])
+    vocab = cfg["vocab_size"]
+    assert all(len(o) == 12 and all(0 <= t < vocab for t in o) for o in outs)
+    if dtype == torch.float16:
+        assert outs[0] == outs[1]

@@ -149,6 +149,8 @@ def linear_row(
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     """torch.argmax(x, dim=-1) for a 2-D CPU tensor in float32 or bfloat16 (first maximum;
     NaN counts as the maximum), without torch's slow bf16 reduction or a float copy."""
+    if x.dtype not in KERNEL_DTYPES:  # float16: torch's, on an exact float32 copy
+        return x.float().argmax(dim=-1)
     out = torch.empty(x.shape[0], dtype=torch.int64)
     _core.argmax_rows(as_numpy(x.contiguous()), out.numpy(), KERNEL_DTYPES[x.dtype])
     return out

@@ -6,6 +6,7 @@ Weights are plain tensors owned by `nn.Module`s named like HF's, except the fuse
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -56,6 +57,17 @@ class Linear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+@functools.cache
+def _onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN packs weights of this dtype on this CPU (fp16 needs AVX512-FP16 or
+    AVX-NE-CONVERT: without them the reorder raises, e.g. on Zen 4)."""
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype))
+    except RuntimeError:
+        return False
+    return True
+
+
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
     """oneDNN packing pays for bf16/fp16 on CPUs; fp32 keeps `F.linear` (MKL), whose
     rounding matches transformers' so that fp32 greedy output compares token for token."""
@@ -63,6 +75,7 @@ def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
         device.type == "cpu"
         and dtype in (torch.bfloat16, torch.float16)
         and torch.backends.mkldnn.is_available()
+        and _onednn_packs(dtype)
     )
 
 
