@@ -170,13 +170,8 @@ pub fn paged_decode_attention<E: Elem + simd::Load16>(
     let item_len = group * s.head_dim;
     let kernel = Kernel::select::<E>(s.head_dim);
     let work: usize = seq_lens.iter().map(|&l| l as usize).sum::<usize>() * s.num_kv_heads;
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    let num_items = s.num_seqs * s.num_kv_heads;
-    let run = |scratch: &mut Scratch, item: usize| {
-        // SAFETY: `validate` checked out.len() == num_items * item_len, and each item
-        // index is handed out once, so the chunks written are in bounds and disjoint.
-        let out_item =
-            unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(item * item_len), item_len) };
+    // One output chunk per (sequence, KV head): the group's query heads.
+    let run = |scratch: &mut Scratch, item: usize, out_item: &mut [E]| {
         let (seq, kvh) = (item / s.num_kv_heads, item % s.num_kv_heads);
         let q = &query[item * item_len..(item + 1) * item_len];
         let len = seq_lens[seq] as usize;
@@ -202,28 +197,9 @@ pub fn paged_decode_attention<E: Elem + simd::Load16>(
             out_item,
         );
     };
-    if work < PARALLEL_MIN_WORK {
-        let mut scratch = Scratch::default();
-        (0..num_items).for_each(|item| run(&mut scratch, item));
-    } else {
-        thread_team::for_each_item(num_items, run);
-    }
+    thread_team::for_each_chunk(out, item_len, work >= PARALLEL_MIN_WORK, run);
     Ok(())
 }
-
-/// The output buffer, shared by the threads that write its disjoint chunks.
-#[derive(Clone, Copy)]
-struct SharedOut<E>(*mut E);
-
-impl<E> SharedOut<E> {
-    fn get(self) -> *mut E {
-        self.0
-    }
-}
-
-// SAFETY: only used to write disjoint chunks (see `paged_decode_attention`).
-unsafe impl<E: Send> Sync for SharedOut<E> {}
-unsafe impl<E: Send> Send for SharedOut<E> {}
 
 #[derive(Default)]
 struct Scratch {
@@ -282,14 +258,18 @@ fn attend_item<E: Elem + simd::Load16>(
 ) {
     let d = s.head_dim;
     let len = scratch.rows.len();
-    scratch.q.clear();
-    scratch.q.extend(q.iter().map(|x| x.to_f32() * scale));
+    // The f32 kernels take the query scaled and widened; the bf16 one reads it as is.
+    let scaled_q = |buf: &mut Vec<f32>| {
+        buf.clear();
+        buf.extend(q.iter().map(|x| x.to_f32() * scale));
+    };
     scratch.scores.clear();
     scratch.scores.resize(group * len, 0.0);
     scratch.acc.clear();
     scratch.acc.resize(group * d, 0.0);
     match kernel {
         Kernel::Portable => {
+            scaled_q(&mut scratch.q);
             portable::scores(&scratch.q, key_cache, &scratch.rows, d, &mut scratch.scores);
             for row in scratch.scores.chunks_mut(len) {
                 portable::softmax(row);
@@ -304,6 +284,7 @@ fn attend_item<E: Elem + simd::Load16>(
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 { chunks } => {
+            scaled_q(&mut scratch.q);
             // SAFETY: `Kernel::select` checked that the CPU has AVX-512F and that
             // head_dim is 16 * chunks; `validate` checked every offset in `rows` plus
             // head_dim against the cache lengths.
@@ -361,6 +342,14 @@ fn attend_item<E: Elem + simd::Load16>(
     for (o, &a) in out.iter_mut().zip(scratch.acc.iter()) {
         *o = E::from_f32(a);
     }
+}
+
+/// The SIMD kernels' passes over a group's heads: (first head, heads in the pass), at
+/// most `per` heads each, so that a pass's accumulators stay in registers.
+pub(crate) fn head_passes(heads: usize, per: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..heads)
+        .step_by(per.max(1))
+        .map(move |h| (h, per.min(heads - h)))
 }
 
 /// Plain loops: any head size, any CPU; also the reference the SIMD path is tested against.
@@ -486,9 +475,7 @@ pub mod simd {
             let d = 16 * chunks;
             let heads = q.len() / d;
             let per = heads_per_pass(chunks);
-            let mut h = 0;
-            while h < heads {
-                let n = per.min(heads - h);
+            for (h, n) in crate::cpu_attention::head_passes(heads, per) {
                 let qh = &q[h * d..(h + n) * d];
                 let oh = &mut out[h * rows.len()..(h + n) * rows.len()];
                 match (chunks, n) {
@@ -499,7 +486,6 @@ pub mod simd {
                     (_, 1) => scores_pass::<E, 8, 1>(qh, k, rows, oh),
                     _ => scores_pass::<E, 8, 2>(qh, k, rows, oh),
                 }
-                h += n;
             }
         }
 
@@ -632,9 +618,7 @@ pub mod simd {
             let d = 16 * chunks;
             let heads = acc.len() / d;
             let per = heads_per_pass(chunks);
-            let mut h = 0;
-            while h < heads {
-                let n = per.min(heads - h);
+            for (h, n) in crate::cpu_attention::head_passes(heads, per) {
                 let ph = &p[h * rows.len()..(h + n) * rows.len()];
                 let ah = &mut acc[h * d..(h + n) * d];
                 match (chunks, n) {
@@ -645,7 +629,6 @@ pub mod simd {
                     (_, 1) => sum_pass::<E, 8, 1>(ph, v, rows, ah),
                     _ => sum_pass::<E, 8, 2>(ph, v, rows, ah),
                 }
-                h += n;
             }
         }
 

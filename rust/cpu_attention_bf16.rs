@@ -170,9 +170,7 @@ pub unsafe fn weighted_sum(chunks: usize, p: &[u16], v: &[u16], rows: &[usize], 
     let even = rows.len().div_ceil(2) * 2;
     // Heads per pass over the positions: their accumulators stay in registers.
     let per = if chunks <= 4 { 3 } else { 2 };
-    let mut h = 0;
-    while h < heads {
-        let n = per.min(heads - h);
+    for (h, n) in crate::cpu_attention::head_passes(heads, per) {
         let ph = &p[h * even..(h + n) * even];
         let ah = &mut acc[h * d..(h + n) * d];
         match (chunks, n) {
@@ -182,7 +180,6 @@ pub unsafe fn weighted_sum(chunks: usize, p: &[u16], v: &[u16], rows: &[usize], 
             (_, 1) => sum_pass::<4, 1>(ph, v, rows, ah),
             _ => sum_pass::<4, 2>(ph, v, rows, ah),
         }
-        h += n;
     }
 }
 

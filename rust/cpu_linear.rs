@@ -36,14 +36,9 @@ pub fn linear_row(
         return Err(bad(format!("bias must hold {n} values")));
     }
     let fast = simd_ok(k);
-    let out_ptr = SharedRows(out.as_mut_ptr());
-    let items = n.div_ceil(ROWS_PER_ITEM);
-    let run = |_: &mut (), item: usize| {
+    let run = |_: &mut (), item: usize, y: &mut [Bf16]| {
         let lo = item * ROWS_PER_ITEM;
-        let hi = (lo + ROWS_PER_ITEM).min(n);
-        // SAFETY: each item owns rows [lo, hi) of out, in bounds (hi <= n = out.len()),
-        // and every item index is handed out once.
-        let y = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(lo), hi - lo) };
+        let hi = lo + y.len();
         let w = &weight[lo * k..hi * k];
         let b = bias.map(|b| &b[lo..hi]);
         #[cfg(target_arch = "x86_64")]
@@ -56,25 +51,9 @@ pub fn linear_row(
         let _ = fast;
         portable_rows(x, w, b, y);
     };
-    if n * k < 1 << 16 {
-        (0..items).for_each(|i| run(&mut (), i));
-    } else {
-        thread_team::for_each_item(items, run);
-    }
+    thread_team::for_each_chunk(out, ROWS_PER_ITEM, n * k >= 1 << 16, run);
     Ok(())
 }
-
-#[derive(Clone, Copy)]
-struct SharedRows(*mut Bf16);
-
-impl SharedRows {
-    fn get(self) -> *mut Bf16 {
-        self.0
-    }
-}
-// SAFETY: only used to write disjoint row ranges (see `linear_row`).
-unsafe impl Sync for SharedRows {}
-unsafe impl Send for SharedRows {}
 
 fn simd_ok(k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]

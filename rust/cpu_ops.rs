@@ -418,37 +418,12 @@ pub fn argmax_rows<E: crate::cpu_attention::simd::Load16>(
         }
         argmax_portable(row) as i64
     };
-    let out_ptr = OutRows(out.as_mut_ptr());
-    let rows = out.len();
-    if x.len() < 1 << 18 || rows == 1 {
-        for (o, row) in out.iter_mut().zip(x.chunks_exact(row_len)) {
-            *o = one(row);
-        }
-    } else {
-        thread_team_rows(rows, |r| {
-            // SAFETY: r < rows = out.len(), each row handed out once.
-            unsafe { *out_ptr.get().add(r) = one(&x[r * row_len..(r + 1) * row_len]) };
-        });
-    }
+    let parallel = x.len() >= 1 << 18 && out.len() > 1;
+    crate::thread_team::for_each_chunk(out, 1, parallel, |_: &mut (), r, o: &mut [i64]| {
+        o[0] = one(&x[r * row_len..(r + 1) * row_len]);
+    });
     Ok(())
 }
-
-fn thread_team_rows(rows: usize, f: impl Fn(usize) + Sync) {
-    crate::thread_team::for_each_item(rows, |_: &mut (), r| f(r));
-}
-
-#[derive(Clone, Copy)]
-struct OutRows(*mut i64);
-
-impl OutRows {
-    fn get(self) -> *mut i64 {
-        self.0
-    }
-}
-
-// SAFETY: only used to write distinct elements (see `argmax_rows`).
-unsafe impl Sync for OutRows {}
-unsafe impl Send for OutRows {}
 
 fn argmax_portable<E: Elem>(row: &[E]) -> usize {
     let mut best = 0;
@@ -584,7 +559,6 @@ pub fn silu_mul<E: crate::cpu_attention::simd::Load16>(
             out.len()
         )));
     }
-    let rows = out.len() / inter;
     let one = |g: &[E], o: &mut [E]| {
         let (gate, up) = g.split_at(inter);
         #[cfg(target_arch = "x86_64")]
@@ -598,43 +572,12 @@ pub fn silu_mul<E: crate::cpu_attention::simd::Load16>(
             *o = E::from_f32(a / (1.0 + (-a).exp()) * b.to_f32());
         }
     };
-    if out.len() < 1 << 16 {
-        for (g, o) in gate_up
-            .chunks_exact(2 * inter)
-            .zip(out.chunks_exact_mut(inter))
-        {
-            one(g, o);
-        }
-    } else {
-        let out_ptr = OutElems(out.as_mut_ptr());
-        crate::thread_team::for_each_item(rows, |_: &mut (), r| {
-            // SAFETY: row r of out is in bounds (r < rows) and handed out once.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(r * inter), inter) };
-            one(&gate_up[2 * r * inter..2 * (r + 1) * inter], o);
-        });
-    }
+    let parallel = out.len() >= 1 << 16;
+    crate::thread_team::for_each_chunk(out, inter, parallel, |_: &mut (), r, o: &mut [E]| {
+        one(&gate_up[2 * r * inter..2 * (r + 1) * inter], o);
+    });
     Ok(())
 }
-
-struct OutElems<E>(*mut E);
-
-impl<E> Clone for OutElems<E> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<E> Copy for OutElems<E> {}
-
-impl<E> OutElems<E> {
-    fn get(self) -> *mut E {
-        self.0
-    }
-}
-
-// SAFETY: only used to write disjoint rows (see `silu_mul`).
-unsafe impl<E: Send> Sync for OutElems<E> {}
-unsafe impl<E: Send> Send for OutElems<E> {}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]

@@ -86,6 +86,48 @@ where
     }
 }
 
+/// Call `work(&mut state, i, chunk)` for the i-th `chunk_len`-long chunk of `out` (the
+/// last may be shorter): on the team when `parallel`, else in order on this thread.
+/// The one place where the kernels' output is shared between threads.
+pub fn for_each_chunk<S, E, F>(out: &mut [E], chunk_len: usize, parallel: bool, work: F)
+where
+    S: Default,
+    E: Send,
+    F: Fn(&mut S, usize, &mut [E]) + Sync,
+{
+    let chunk_len = chunk_len.max(1);
+    if !parallel {
+        let mut state = S::default();
+        for (i, chunk) in out.chunks_mut(chunk_len).enumerate() {
+            work(&mut state, i, chunk);
+        }
+        return;
+    }
+    let len = out.len();
+    let base = SharedMut(out.as_mut_ptr());
+    for_each_item(len.div_ceil(chunk_len), |state: &mut S, i| {
+        let start = i * chunk_len;
+        let end = (start + chunk_len).min(len);
+        // SAFETY: `for_each_item` hands out each i once, and chunk i is [start, end)
+        // within out: the slices are in bounds and disjoint while `out` is borrowed.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+        work(state, i, chunk);
+    });
+}
+
+/// A pointer to the output that the closure of `for_each_chunk` may share.
+struct SharedMut<E>(*mut E);
+
+impl<E> SharedMut<E> {
+    // A method, so that closures capture the whole `Sync` wrapper, not the raw field.
+    fn get(&self) -> *mut E {
+        self.0
+    }
+}
+
+// SAFETY: only used by `for_each_chunk`, which gives each thread disjoint chunks.
+unsafe impl<E: Send> Sync for SharedMut<E> {}
+
 /// Run `body` once on every thread of an OpenMP team (the caller's thread included).
 fn run_openmp<B: Fn() + Sync>(parallel: GompParallel, body: &B) {
     unsafe extern "C" fn trampoline<B: Fn()>(data: *mut c_void) {
@@ -112,6 +154,25 @@ mod tests {
             hits[i].fetch_add(1, Ordering::Relaxed);
         });
         assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn chunks_cover_the_output_once_in_both_modes() {
+        for parallel in [false, true] {
+            let mut out = vec![0usize; 1003];
+            for_each_chunk(
+                &mut out,
+                64,
+                parallel,
+                |_: &mut (), i, chunk: &mut [usize]| {
+                    chunk.iter_mut().for_each(|x| *x += i + 1);
+                },
+            );
+            assert!(
+                out.iter().enumerate().all(|(j, &x)| x == j / 64 + 1),
+                "{parallel}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@ decode path) equals the torch reference, and rejects bad input with a clear erro
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,19 @@ def test_backend_selection() -> None:
     assert not kernel_supports(q, q.bfloat16())
 
 
+def attend_with(backend: TorchReferenceBackend, b: Batch) -> tuple[torch.Tensor, Any]:
+    """One attention call of `backend` on the batch, and the metadata it built."""
+    meta = backend.build_metadata(
+        np.zeros(int(b.query_start_loc[-1]), np.int64),  # no store: slots unused
+        b.query_start_loc.numpy(),
+        b.seq_lens.numpy(),
+        b.block_tables.numpy(),
+        16,
+        torch.device("cpu"),
+    )
+    return backend.attend(b.query, b.key_cache, b.value_cache, meta, b.scale), meta
+
+
 def test_mixed_batch_through_the_backend_equals_the_reference() -> None:
     """Decodes beside a chunked prefill: the cpu backend routes only the decodes to the
     kernel and puts their rows back in place."""
@@ -75,18 +90,7 @@ def test_mixed_batch_through_the_backend_equals_the_reference() -> None:
     # Unowned blocks hold 0, as in the engine's zeroed cache: the torch reference reads
     # (and masks) whole blocks, so NaN padding would poison its rows.
     b = make_batch(requests, 2, 64, torch.float32, torch.device("cpu"), seed=9, unowned=0.0)
-    outs = []
-    for backend in (CpuBackend(), TorchReferenceBackend()):
-        slots = np.zeros(int(b.query_start_loc[-1]), np.int64)
-        meta = backend.build_metadata(
-            slots,
-            b.query_start_loc.numpy(),
-            b.seq_lens.numpy(),
-            b.block_tables.numpy(),
-            16,
-            torch.device("cpu"),
-        )
-        outs.append(backend.attend(b.query, b.key_cache, b.value_cache, meta, b.scale))
+    outs = [attend_with(backend, b)[0] for backend in (CpuBackend(), TorchReferenceBackend())]
     torch.testing.assert_close(outs[0], outs[1], atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(outs[0], reference_attention(b), atol=2e-5, rtol=2e-5)
 
@@ -160,17 +164,9 @@ def test_bfloat16_prefills_one_at_a_time_equal_the_padded_batch() -> None:
     b = make_batch(requests, 3, 64, torch.bfloat16, torch.device("cpu"), seed=4, unowned=0.0)
     outs = []
     for backend in (CpuBackend(), TorchReferenceBackend()):
-        slots = np.zeros(int(b.query_start_loc[-1]), np.int64)
-        meta = backend.build_metadata(
-            slots,
-            b.query_start_loc.numpy(),
-            b.seq_lens.numpy(),
-            b.block_tables.numpy(),
-            16,
-            torch.device("cpu"),
-        )
+        out, meta = attend_with(backend, b)
         assert meta.plan is not None and meta.plan.prefill is not None
         assert len(meta.plan.prefill.spans) == 4
-        outs.append(backend.attend(b.query, b.key_cache, b.value_cache, meta, b.scale).float())
+        outs.append(out.float())
     torch.testing.assert_close(outs[0], outs[1], atol=3e-2, rtol=2**-6)
     torch.testing.assert_close(outs[0], reference_attention(b), atol=3e-2, rtol=2**-6)

@@ -61,11 +61,9 @@ fn rms_norm(
             as_bf16,
             as_bf16_mut,
         ),
-        other => Err(to_pyerr(
+        other => Err(invalid(
             py,
-            CoreError::InvalidRequest(format!(
-                "rms_norm: dtype must be float32 or bfloat16, got {other:?}"
-            )),
+            format!("rms_norm: dtype must be float32 or bfloat16, got {other:?}"),
         )),
     }
 }
@@ -109,16 +107,9 @@ where
     }
     let xs = view(slice(py, "x", &x)?);
     let ws = view(slice(py, "weight", &w)?);
-    let os = view_mut(
-        o.as_slice_mut()
-            .map_err(|_| invalid(py, "out must be C-contiguous".into()))?,
-    );
+    let os = view_mut(slice_mut(py, "out", &mut o)?);
     let rs = match r.as_mut() {
-        Some(r) => {
-            Some(view_mut(r.as_slice_mut().map_err(|_| {
-                invalid(py, "residual must be C-contiguous".into())
-            })?))
-        }
+        Some(r) => Some(view_mut(slice_mut(py, "residual", r)?)),
         None => None,
     };
     detach(py, || crate::cpu_ops::rms_norm(xs, rs, ws, eps, os))
@@ -201,10 +192,9 @@ where
     let qkv = view(slice(py, "qkv", &qkv)?);
     let cos = view(slice(py, "cos", &cos)?);
     let sin = view(slice(py, "sin", &sin)?);
-    let contiguous = |name: &str| invalid(py, format!("{name} must be C-contiguous"));
-    let kc = view_mut(kc.as_slice_mut().map_err(|_| contiguous("key_cache"))?);
-    let vc = view_mut(vc.as_slice_mut().map_err(|_| contiguous("value_cache"))?);
-    let q = view_mut(q.as_slice_mut().map_err(|_| contiguous("q_out"))?);
+    let kc = view_mut(slice_mut(py, "key_cache", &mut kc)?);
+    let vc = view_mut(slice_mut(py, "value_cache", &mut vc)?);
+    let q = view_mut(slice_mut(py, "q_out", &mut q)?);
     detach(py, || {
         crate::cpu_ops::rope_store(shape, qkv, cos, sin, slots, kc, vc, q)
     })
@@ -230,10 +220,7 @@ fn linear_row(
         Some(b) => Some(as_bf16(slice(py, "bias", b)?)),
         None => None,
     };
-    let os = as_bf16_mut(
-        o.as_slice_mut()
-            .map_err(|_| invalid(py, "out must be C-contiguous".into()))?,
-    );
+    let os = as_bf16_mut(slice_mut(py, "out", &mut o)?);
     detach(py, || crate::cpu_linear::linear_row(xs, ws, bs, os))
 }
 
@@ -243,13 +230,10 @@ fn linear_row(
 fn argmax_rows(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
-    out: numpy::PyReadwriteArray1<'_, i64>,
+    mut out: numpy::PyReadwriteArray1<'_, i64>,
     dtype: &str,
 ) -> PyResult<()> {
-    let mut out = out;
-    let os = out
-        .as_slice_mut()
-        .map_err(|_| invalid(py, "out must be C-contiguous".into()))?;
+    let os = slice_mut(py, "out", &mut out)?;
     match dtype {
         "float32" => {
             let x = readonly::<f32>(py, "x", x)?;
@@ -304,10 +288,7 @@ where
     let mut o = writable::<N>(py, "out", out)?;
     let inter = *o.shape().last().unwrap_or(&0);
     let gs = view(slice(py, "gate_up", &g)?);
-    let os = view_mut(
-        o.as_slice_mut()
-            .map_err(|_| invalid(py, "out must be C-contiguous".into()))?,
-    );
+    let os = view_mut(slice_mut(py, "out", &mut o)?);
     detach(py, || crate::cpu_ops::silu_mul(gs, os, inter))
 }
 
@@ -421,10 +402,7 @@ where
     let qs = view(slice(py, "query", &q)?);
     let ks = view(slice(py, "key_cache", &k)?);
     let vs = view(slice(py, "value_cache", &v)?);
-    let os = view_mut(
-        o.as_slice_mut()
-            .map_err(|_| invalid(py, "out must be C-contiguous".into()))?,
-    );
+    let os = view_mut(slice_mut(py, "out", &mut o)?);
     detach(py, || {
         cpu_attention::paged_decode_attention(shape, qs, ks, vs, block_tables, seq_lens, scale, os)
     })
@@ -470,4 +448,13 @@ fn writable<'py, N: numpy::Element>(
             format!("{name} must be a writable numpy array of the inputs' type, not aliasing one of them"),
         )
     })
+}
+
+fn slice_mut<'a, N: numpy::Element, D: numpy::ndarray::Dimension>(
+    py: Python<'_>,
+    name: &str,
+    a: &'a mut numpy::PyReadwriteArray<'_, N, D>,
+) -> PyResult<&'a mut [N]> {
+    a.as_slice_mut()
+        .map_err(|_| invalid(py, format!("{name} must be C-contiguous")))
 }

@@ -458,9 +458,10 @@ def _base_metadata(
 
 
 class TorchReferenceBackend:
-    """The torch reference: runs everywhere; the CPU path."""
+    """The torch reference: runs everywhere."""
 
     name = "torch"
+    use_kernel = False  # `attend_reference`'s switch to the Rust CPU kernels
 
     def build_metadata(
         self,
@@ -493,25 +494,18 @@ class TorchReferenceBackend:
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        assert meta.plan is not None, "metadata was not built by TorchReferenceBackend"
-        return attend_reference(query, key_cache, value_cache, meta.plan, scale)
+        assert meta.plan is not None, f"metadata was not built by {type(self).__name__}"
+        return attend_reference(
+            query, key_cache, value_cache, meta.plan, scale, use_kernel=self.use_kernel
+        )
 
 
 class CpuBackend(TorchReferenceBackend):
-    """The CPU path: the reference, with decodes in the Rust kernel (`decode_kernel`)."""
+    """The CPU path: the reference, with decodes in the Rust kernel (`decode_kernel`) and
+    half-precision prefills one request at a time."""
 
     name = "cpu"
-
-    def attend(
-        self,
-        query: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        meta: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:
-        assert meta.plan is not None, "metadata was not built by CpuBackend"
-        return attend_reference(query, key_cache, value_cache, meta.plan, scale, use_kernel=True)
+    use_kernel = True
 
 
 class KernelBackend:
