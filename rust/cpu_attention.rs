@@ -3,16 +3,18 @@
 //!
 //! The torch reference gathers every sequence's blocks into a dense copy before its
 //! matmuls, so each decode step moves the K/V cache through memory three times; here
-//! each (sequence, KV head) pair reads its keys and values once, for all the query
-//! heads of its group (GQA), with the scores of the pair in a small scratch buffer that
-//! stays in cache. Work is split over (sequence, KV head) pairs on torch's OpenMP
-//! threads (`thread_team`).
+//! each work item reads its keys and values once, for all the query heads of each KV
+//! head (GQA), with its scores in a small scratch buffer that stays in cache. An item
+//! is a whole sequence when there are enough of them to share out (its keys, then its
+//! values, are one stream through its blocks), else one KV head of a sequence. Items
+//! run on torch's OpenMP threads (`thread_team`).
 //!
-//! Layouts (row-major, contiguous): query and out `[S, Hq, D]`, caches
-//! `[num_blocks, block_size, Hkv, D]`, block tables `[S, max_blocks]`, seq_lens `[S]`.
-//! Scores, softmax and the weighted sum are computed in f32 whatever the storage type.
+//! Layouts (contiguous): query and out `[S, Hq, D]`, caches tiled (`kv_layout`), block
+//! tables `[S, max_blocks]`, seq_lens `[S]`. Scores, softmax and the weighted sum are
+//! computed in f32 whatever the storage type.
 
 use crate::error::CoreError;
+use crate::kv_layout::Tiled;
 use crate::thread_team;
 
 /// A cache/query element: f32, or bf16 kept as its bit pattern.
@@ -94,7 +96,7 @@ fn validate<E>(
     block_tables: &[i32],
     seq_lens: &[i32],
     out: &[E],
-) -> Result<(), CoreError> {
+) -> Result<Tiled, CoreError> {
     let s = shape;
     if s.num_kv_heads == 0 || !s.num_heads.is_multiple_of(s.num_kv_heads) {
         return Err(invalid(format!(
@@ -102,11 +104,10 @@ fn validate<E>(
             s.num_heads, s.num_kv_heads
         )));
     }
-    if s.head_dim == 0 || s.block_size == 0 {
-        return Err(invalid("head_dim and block_size must be positive".into()));
-    }
+    let layout =
+        Tiled::new(s.block_size, s.num_kv_heads, s.head_dim).map_err(|e| invalid(e.to_string()))?;
     let q_len = s.num_seqs * s.num_heads * s.head_dim;
-    let cache_len = s.num_blocks * s.block_size * s.num_kv_heads * s.head_dim;
+    let cache_len = s.num_blocks * layout.block_len();
     if query.len() != q_len || out.len() != q_len {
         return Err(invalid(format!(
             "query/out hold {}/{} values, expected {q_len}",
@@ -140,7 +141,28 @@ fn validate<E>(
             )));
         }
     }
-    Ok(())
+    Ok(layout)
+}
+
+/// KV heads per work item: all of a sequence's when there are at least this many
+/// sequences per CPU to share out, else one (so that a few long sequences still use
+/// every thread).
+const WHOLE_SEQUENCES_PER_CPU: usize = 4;
+
+fn kv_heads_per_item(s: &DecodeShape) -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if std::env::var_os("RSLLM_PERHEAD").is_some() {
+        return 1;
+    }
+    if std::env::var_os("RSLLM_WHOLE").is_some() {
+        return s.num_kv_heads;
+    }
+    if s.num_seqs >= WHOLE_SEQUENCES_PER_CPU * cpus {
+        s.num_kv_heads
+    } else {
+        1
+    }
 }
 
 /// `out[s, h] = softmax(scale * q[s, h] . K[s]^T) V[s]` over the first `seq_lens[s]`
@@ -156,7 +178,7 @@ pub fn paged_decode_attention<E: Elem + simd::Load16>(
     scale: f32,
     out: &mut [E],
 ) -> Result<(), CoreError> {
-    validate(
+    let layout = validate(
         &shape,
         query,
         key_cache,
@@ -167,28 +189,37 @@ pub fn paged_decode_attention<E: Elem + simd::Load16>(
     )?;
     let s = shape;
     let group = s.num_heads / s.num_kv_heads;
-    let item_len = group * s.head_dim;
-    let kernel = Kernel::select::<E>(s.head_dim);
+    let n_kv = kv_heads_per_item(&s);
+    let items_per_seq = s.num_kv_heads / n_kv;
+    let item_len = n_kv * group * s.head_dim;
+    let kernel = Kernel::select::<E>(s.head_dim, s.block_size);
     let work: usize = seq_lens.iter().map(|&l| l as usize).sum::<usize>() * s.num_kv_heads;
-    // One output chunk per (sequence, KV head): the group's query heads.
+    // One output chunk per item: the query heads of its KV heads, which are contiguous
+    // in `query` and `out` as in the cache.
     let run = |scratch: &mut Scratch, item: usize, out_item: &mut [E]| {
-        let (seq, kvh) = (item / s.num_kv_heads, item % s.num_kv_heads);
-        let q = &query[item * item_len..(item + 1) * item_len];
+        let (seq, first_kv) = (item / items_per_seq, item % items_per_seq * n_kv);
         let len = seq_lens[seq] as usize;
         let table = &block_tables[seq * s.max_blocks..(seq + 1) * s.max_blocks];
-        scratch.rows.clear();
-        // Block by block: no division per position.
-        for (b, &block) in table[..len.div_ceil(s.block_size)].iter().enumerate() {
-            let first = block as usize * s.block_size;
-            let in_block = s.block_size.min(len - b * s.block_size);
-            scratch.rows.extend(
-                (first..first + in_block).map(|slot| (slot * s.num_kv_heads + kvh) * s.head_dim),
-            );
-        }
+        scratch.blocks.clear();
+        scratch.blocks.extend(
+            table[..len.div_ceil(s.block_size)]
+                .iter()
+                .map(|&b| layout.tile(b as usize, first_kv)),
+        );
+        let geo = Geom {
+            n_kv,
+            group,
+            len,
+            stride: len.div_ceil(2) * 2,
+            block_size: s.block_size,
+            head_dim: s.head_dim,
+            tile: layout.tile_len(),
+        };
+        let q = &query[item * item_len..(item + 1) * item_len];
         attend_item(
             kernel,
-            &s,
-            group,
+            &layout,
+            &geo,
             q,
             key_cache,
             value_cache,
@@ -201,45 +232,70 @@ pub fn paged_decode_attention<E: Elem + simd::Load16>(
     Ok(())
 }
 
+/// The geometry of one work item; its tiles are in `Scratch::blocks`.
+#[derive(Clone, Copy, Debug)]
+pub struct Geom {
+    /// KV heads in the item (their tiles follow one another in each block).
+    pub n_kv: usize,
+    /// Query heads per KV head.
+    pub group: usize,
+    /// Positions attended to.
+    pub len: usize,
+    /// Row length of the per-head scores: `len` rounded up to even, zero-padded, so
+    /// that positions can be taken in pairs.
+    pub stride: usize,
+    pub block_size: usize,
+    pub head_dim: usize,
+    /// Values per (block, KV head) tile.
+    pub tile: usize,
+}
+
+impl Geom {
+    pub fn heads(&self) -> usize {
+        self.n_kv * self.group
+    }
+
+    /// Positions of the item in its `b`-th block.
+    pub fn in_block(&self, b: usize) -> usize {
+        self.block_size.min(self.len - b * self.block_size)
+    }
+}
+
 #[derive(Default)]
 struct Scratch {
-    rows: Vec<usize>, // element offset of each position's K/V row (this KV head)
-    q: Vec<f32>,      // [group, D] scaled query in f32
-    scores: Vec<f32>, // [group, len]
-    acc: Vec<f32>,    // [group, D]
-    probs: Vec<u16>,  // [group, len rounded up to even] bf16 probabilities
+    blocks: Vec<usize>, // offset of the item's first tile in each of its blocks
+    q: Vec<f32>,        // [heads, D] scaled query in f32
+    scores: Vec<f32>,   // [heads, stride]
+    acc: Vec<f32>,      // [heads, D], or [heads, 2 D] position-pair partial sums (AVX-512)
+    probs: Vec<u16>,    // [heads, stride] bf16 probabilities
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
-    Avx512 {
-        chunks: usize,
-    },
+    Avx512,
     /// bf16 caches on CPUs with AVX512-BF16: dot products straight on bf16 pairs.
     #[cfg(target_arch = "x86_64")]
-    Avx512Bf16 {
-        chunks: usize,
-    },
+    Avx512Bf16,
 }
 
 impl Kernel {
-    fn select<E: simd::Load16>(head_dim: usize) -> Kernel {
+    fn select<E: simd::Load16>(head_dim: usize, block_size: usize) -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             if E::HAS_LOAD16
                 && matches!(head_dim, 64 | 128)
+                && block_size.is_multiple_of(16)
                 && std::arch::is_x86_feature_detected!("avx512f")
             {
-                let chunks = head_dim / 16;
                 if E::IS_BF16 && std::arch::is_x86_feature_detected!("avx512bf16") {
-                    return Kernel::Avx512Bf16 { chunks };
+                    return Kernel::Avx512Bf16;
                 }
-                return Kernel::Avx512 { chunks };
+                return Kernel::Avx512;
             }
         }
-        let _ = head_dim;
+        let _ = (head_dim, block_size);
         Kernel::Portable
     }
 }
@@ -247,8 +303,8 @@ impl Kernel {
 #[allow(clippy::too_many_arguments)]
 fn attend_item<E: Elem + simd::Load16>(
     kernel: Kernel,
-    s: &DecodeShape,
-    group: usize,
+    layout: &Tiled,
+    geo: &Geom,
     q: &[E],
     key_cache: &[E],
     value_cache: &[E],
@@ -256,91 +312,89 @@ fn attend_item<E: Elem + simd::Load16>(
     scratch: &mut Scratch,
     out: &mut [E],
 ) {
-    let d = s.head_dim;
-    let len = scratch.rows.len();
+    let (d, len, stride, heads) = (geo.head_dim, geo.len, geo.stride, geo.heads());
+    let blocks = &scratch.blocks;
     // The f32 kernels take the query scaled and widened; the bf16 one reads it as is.
     let scaled_q = |buf: &mut Vec<f32>| {
         buf.clear();
         buf.extend(q.iter().map(|x| x.to_f32() * scale));
     };
     scratch.scores.clear();
-    scratch.scores.resize(group * len, 0.0);
+    scratch.scores.resize(heads * stride, 0.0);
     scratch.acc.clear();
-    scratch.acc.resize(group * d, 0.0);
     match kernel {
         Kernel::Portable => {
+            scratch.acc.resize(heads * d, 0.0);
             scaled_q(&mut scratch.q);
-            portable::scores(&scratch.q, key_cache, &scratch.rows, d, &mut scratch.scores);
-            for row in scratch.scores.chunks_mut(len) {
-                portable::softmax(row);
+            portable::scores(
+                layout,
+                geo,
+                &scratch.q,
+                key_cache,
+                blocks,
+                &mut scratch.scores,
+            );
+            for row in scratch.scores.chunks_mut(stride) {
+                portable::softmax(&mut row[..len]);
             }
             portable::weighted_sum(
+                layout,
+                geo,
                 &scratch.scores,
                 value_cache,
-                &scratch.rows,
-                d,
+                blocks,
                 &mut scratch.acc,
             );
-        }
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 { chunks } => {
-            scaled_q(&mut scratch.q);
-            // SAFETY: `Kernel::select` checked that the CPU has AVX-512F and that
-            // head_dim is 16 * chunks; `validate` checked every offset in `rows` plus
-            // head_dim against the cache lengths.
-            unsafe {
-                simd::scores(
-                    chunks,
-                    &scratch.q,
-                    key_cache,
-                    &scratch.rows,
-                    &mut scratch.scores,
-                );
-                for row in scratch.scores.chunks_mut(len) {
-                    simd::softmax(row);
-                }
-                simd::weighted_sum(
-                    chunks,
-                    &scratch.scores,
-                    value_cache,
-                    &scratch.rows,
-                    &mut scratch.acc,
-                );
+            for (o, &a) in out.iter_mut().zip(&scratch.acc) {
+                *o = E::from_f32(a);
             }
         }
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Bf16 { chunks } => {
+        Kernel::Avx512 => {
+            scratch.acc.resize(heads * 2 * d, 0.0);
+            scaled_q(&mut scratch.q);
+            // SAFETY: `Kernel::select` checked the CPU's AVX-512F, head_dim 64 or 128 and
+            // block_size a multiple of 16; `validate` checked every block id and the
+            // cache lengths, so every tile of `blocks` is inside the caches.
+            unsafe {
+                simd::scores(geo, &scratch.q, key_cache, blocks, &mut scratch.scores);
+                for row in scratch.scores.chunks_mut(stride) {
+                    simd::softmax(&mut row[..len]);
+                }
+                simd::weighted_sum(geo, &scratch.scores, value_cache, blocks, &mut scratch.acc);
+            }
+            // Lanes 2i and 2i + 1 of the accumulators are dim i of even and odd positions.
+            for (o, pair) in out.iter_mut().zip(scratch.acc.chunks_exact(2)) {
+                *o = E::from_f32(pair[0] + pair[1]);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 => {
             let (Some(qb), Some(kb), Some(vb)) =
                 (E::bits(q), E::bits(key_cache), E::bits(value_cache))
             else {
                 unreachable!("Avx512Bf16 is only selected for bf16 elements");
             };
-            let even = len.div_ceil(2) * 2;
+            scratch.acc.resize(heads * d, 0.0);
             scratch.probs.clear();
-            scratch.probs.resize(group * even, 0);
+            scratch.probs.resize(heads * stride, 0);
             // SAFETY: as for `Avx512`, plus the CPU has AVX512-BF16 (`Kernel::select`).
             unsafe {
-                simd::bf16::scores(chunks, qb, kb, &scratch.rows, scale, &mut scratch.scores);
+                simd::bf16::scores(geo, qb, kb, blocks, scale, &mut scratch.scores);
                 for (row, bits) in scratch
                     .scores
-                    .chunks_mut(len)
-                    .zip(scratch.probs.chunks_mut(even))
+                    .chunks_mut(stride)
+                    .zip(scratch.probs.chunks_mut(stride))
                 {
-                    simd::softmax(row);
-                    simd::bf16::round(row, bits);
+                    simd::softmax(&mut row[..len]);
+                    simd::bf16::round(&row[..len], bits);
                 }
-                simd::bf16::weighted_sum(
-                    chunks,
-                    &scratch.probs,
-                    vb,
-                    &scratch.rows,
-                    &mut scratch.acc,
-                );
+                simd::bf16::weighted_sum(geo, &scratch.probs, vb, blocks, &mut scratch.acc);
+            }
+            for (o, &a) in out.iter_mut().zip(&scratch.acc) {
+                *o = E::from_f32(a);
             }
         }
-    }
-    for (o, &a) in out.iter_mut().zip(scratch.acc.iter()) {
-        *o = E::from_f32(a);
     }
 }
 
@@ -354,14 +408,28 @@ pub(crate) fn head_passes(heads: usize, per: usize) -> impl Iterator<Item = (usi
 
 /// Plain loops: any head size, any CPU; also the reference the SIMD path is tested against.
 mod portable {
-    use super::Elem;
+    use super::{Elem, Geom};
+    use crate::kv_layout::Tiled;
 
-    pub fn scores<E: Elem>(q: &[f32], k: &[E], rows: &[usize], d: usize, out: &mut [f32]) {
-        let len = rows.len();
-        for (h, qh) in q.chunks(d).enumerate() {
-            for (t, &row) in rows.iter().enumerate() {
-                let kr = &k[row..row + d];
-                out[h * len + t] = qh.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum();
+    pub fn scores<E: Elem>(
+        l: &Tiled,
+        geo: &Geom,
+        q: &[f32],
+        k: &[E],
+        blocks: &[usize],
+        out: &mut [f32],
+    ) {
+        let d = geo.head_dim;
+        for (b, &first) in blocks.iter().enumerate() {
+            for kv in 0..geo.n_kv {
+                let tile = &k[first + kv * geo.tile..][..geo.tile];
+                for h in kv * geo.group..(kv + 1) * geo.group {
+                    let qh = &q[h * d..(h + 1) * d];
+                    for o in 0..geo.in_block(b) {
+                        let dot = (0..d).map(|i| qh[i] * tile[l.key(o, i)].to_f32()).sum();
+                        out[h * geo.stride + b * geo.block_size + o] = dot;
+                    }
+                }
             }
         }
     }
@@ -377,20 +445,33 @@ mod portable {
         x.iter_mut().for_each(|v| *v *= inv);
     }
 
-    pub fn weighted_sum<E: Elem>(p: &[f32], v: &[E], rows: &[usize], d: usize, acc: &mut [f32]) {
-        let len = rows.len();
-        for (h, acc_h) in acc.chunks_mut(d).enumerate() {
-            for (t, &row) in rows.iter().enumerate() {
-                let w = p[h * len + t];
-                for (a, x) in acc_h.iter_mut().zip(&v[row..row + d]) {
-                    *a += w * x.to_f32();
+    pub fn weighted_sum<E: Elem>(
+        l: &Tiled,
+        geo: &Geom,
+        p: &[f32],
+        v: &[E],
+        blocks: &[usize],
+        acc: &mut [f32],
+    ) {
+        let d = geo.head_dim;
+        for (b, &first) in blocks.iter().enumerate() {
+            for kv in 0..geo.n_kv {
+                let tile = &v[first + kv * geo.tile..][..geo.tile];
+                for h in kv * geo.group..(kv + 1) * geo.group {
+                    let acc_h = &mut acc[h * d..(h + 1) * d];
+                    for o in 0..geo.in_block(b) {
+                        let w = p[h * geo.stride + b * geo.block_size + o];
+                        for (i, a) in acc_h.iter_mut().enumerate() {
+                            *a += w * tile[l.value(o, i)].to_f32();
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// AVX-512F kernels for head_dim 64 and 128 (4 or 8 vectors of 16 lanes per row).
+/// AVX-512 kernels for head_dim 64 and 128 and block sizes that are multiples of 16.
 pub mod simd {
     use super::{Bf16, Elem};
 
@@ -440,230 +521,18 @@ pub mod simd {
     }
 
     #[cfg(target_arch = "x86_64")]
-    pub use x86::{exp, scores, softmax, weighted_sum};
+    pub use x86::{exp, for_each_tile, scores, softmax, weighted_sum, TileAt, SCORE_HEADS};
 
     #[cfg(target_arch = "x86_64")]
     pub use super::simd_bf16 as bf16;
 
     #[cfg(target_arch = "x86_64")]
-    mod x86 {
-        use super::Load16;
-        use std::arch::x86_64::*;
-
-        /// Heads handled per pass over the positions, so that the accumulators of a pass
-        /// (heads x chunks vectors) stay in the 32 vector registers.
-        const fn heads_per_pass(chunks: usize) -> usize {
-            if chunks <= 4 {
-                4
-            } else {
-                2
-            }
-        }
-
-        /// scores[h, t] = q[h] . K[rows[t]] for every head of the group.
-        ///
-        /// # Safety
-        /// AVX-512F; `rows[t] + 16 * chunks <= k.len()` for every t; q is [heads, 16 * chunks].
-        #[target_feature(enable = "avx512f")]
-        pub unsafe fn scores<E: Load16>(
-            chunks: usize,
-            q: &[f32],
-            k: &[E],
-            rows: &[usize],
-            out: &mut [f32],
-        ) {
-            let d = 16 * chunks;
-            let heads = q.len() / d;
-            let per = heads_per_pass(chunks);
-            for (h, n) in crate::cpu_attention::head_passes(heads, per) {
-                let qh = &q[h * d..(h + n) * d];
-                let oh = &mut out[h * rows.len()..(h + n) * rows.len()];
-                match (chunks, n) {
-                    (4, 1) => scores_pass::<E, 4, 1>(qh, k, rows, oh),
-                    (4, 2) => scores_pass::<E, 4, 2>(qh, k, rows, oh),
-                    (4, 3) => scores_pass::<E, 4, 3>(qh, k, rows, oh),
-                    (4, _) => scores_pass::<E, 4, 4>(qh, k, rows, oh),
-                    (_, 1) => scores_pass::<E, 8, 1>(qh, k, rows, oh),
-                    _ => scores_pass::<E, 8, 2>(qh, k, rows, oh),
-                }
-            }
-        }
-
-        #[target_feature(enable = "avx512f")]
-        unsafe fn scores_pass<E: Load16, const C: usize, const H: usize>(
-            q: &[f32],
-            k: &[E],
-            rows: &[usize],
-            out: &mut [f32],
-        ) {
-            let len = rows.len();
-            let mut qv = [[_mm512_setzero_ps(); C]; H];
-            for (h, qh) in qv.iter_mut().enumerate() {
-                for (c, v) in qh.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(q.as_ptr().add(h * 16 * C + 16 * c));
-                }
-            }
-            let kp = k.as_ptr();
-            for (t, &row) in rows.iter().enumerate() {
-                prefetch_row::<E, C>(kp, rows, t);
-                let mut kv = [_mm512_setzero_ps(); C];
-                for (c, v) in kv.iter_mut().enumerate() {
-                    *v = E::load16(kp.add(row + 16 * c));
-                }
-                for (h, qh) in qv.iter().enumerate() {
-                    let mut acc = _mm512_mul_ps(qh[0], kv[0]);
-                    for c in 1..C {
-                        acc = _mm512_fmadd_ps(qh[c], kv[c], acc);
-                    }
-                    *out.get_unchecked_mut(h * len + t) = _mm512_reduce_add_ps(acc);
-                }
-            }
-        }
-
-        /// Positions ahead that `prefetch_row` asks for: rows of one KV head are 2-4 cache
-        /// lines spread over blocks in any order, which the hardware prefetcher does not
-        /// follow; without this the loops wait on memory at a third of its bandwidth.
-        const PREFETCH_AHEAD: usize = 12;
-
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn prefetch_row<E, const C: usize>(base: *const E, rows: &[usize], t: usize) {
-            if let Some(&row) = rows.get(t + PREFETCH_AHEAD) {
-                let p = base.add(row).cast::<i8>();
-                let bytes = 16 * C * std::mem::size_of::<E>();
-                for line in (0..bytes).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(line));
-                }
-            }
-        }
-
-        /// In-place softmax of one row, with a vectorised exp.
-        ///
-        /// # Safety
-        /// AVX-512F.
-        #[target_feature(enable = "avx512f")]
-        pub unsafe fn softmax(x: &mut [f32]) {
-            let n = x.len();
-            let full = n / 16 * 16;
-            let tail = (1u32 << (n - full)) as u16 - 1;
-            let p = x.as_mut_ptr();
-            let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
-            for i in (0..full).step_by(16) {
-                mv = _mm512_max_ps(mv, _mm512_loadu_ps(p.add(i)));
-            }
-            if tail != 0 {
-                let v = _mm512_mask_loadu_ps(mv, tail, p.add(full));
-                mv = _mm512_max_ps(mv, v);
-            }
-            let m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
-            let mut sv = _mm512_setzero_ps();
-            for i in (0..full).step_by(16) {
-                let e = exp(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m));
-                _mm512_storeu_ps(p.add(i), e);
-                sv = _mm512_add_ps(sv, e);
-            }
-            if tail != 0 {
-                let v = _mm512_maskz_loadu_ps(tail, p.add(full));
-                let e = _mm512_maskz_mov_ps(tail, exp(_mm512_sub_ps(v, m)));
-                _mm512_mask_storeu_ps(p.add(full), tail, e);
-                sv = _mm512_add_ps(sv, e);
-            }
-            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sv));
-            for i in (0..full).step_by(16) {
-                _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv));
-            }
-            if tail != 0 {
-                let v = _mm512_maskz_loadu_ps(tail, p.add(full));
-                _mm512_mask_storeu_ps(p.add(full), tail, _mm512_mul_ps(v, inv));
-            }
-        }
-
-        /// exp(x): Cody-Waite range reduction to r in [-ln2/2, ln2/2], a degree-6
-        /// polynomial (Cephes expf, about 1 ulp), and the power of two applied by
-        /// `scalef` (underflow goes to 0, overflow to +inf).
-        ///
-        /// # Safety
-        /// AVX-512F.
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        pub unsafe fn exp(x: __m512) -> __m512 {
-            let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
-            let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(
-                x,
-                _mm512_set1_ps(std::f32::consts::LOG2_E),
-            ));
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-            let mut y = _mm512_set1_ps(1.987_569_1e-4);
-            for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-                y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
-            }
-            let r2 = _mm512_mul_ps(r, r);
-            let y = _mm512_fmadd_ps(y, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-            _mm512_scalef_ps(y, n)
-        }
-
-        /// acc[h] += sum_t p[h, t] V[rows[t]].
-        ///
-        /// # Safety
-        /// As `scores`, with `v` for `k`; acc is [heads, 16 * chunks].
-        #[target_feature(enable = "avx512f")]
-        pub unsafe fn weighted_sum<E: Load16>(
-            chunks: usize,
-            p: &[f32],
-            v: &[E],
-            rows: &[usize],
-            acc: &mut [f32],
-        ) {
-            let d = 16 * chunks;
-            let heads = acc.len() / d;
-            let per = heads_per_pass(chunks);
-            for (h, n) in crate::cpu_attention::head_passes(heads, per) {
-                let ph = &p[h * rows.len()..(h + n) * rows.len()];
-                let ah = &mut acc[h * d..(h + n) * d];
-                match (chunks, n) {
-                    (4, 1) => sum_pass::<E, 4, 1>(ph, v, rows, ah),
-                    (4, 2) => sum_pass::<E, 4, 2>(ph, v, rows, ah),
-                    (4, 3) => sum_pass::<E, 4, 3>(ph, v, rows, ah),
-                    (4, _) => sum_pass::<E, 4, 4>(ph, v, rows, ah),
-                    (_, 1) => sum_pass::<E, 8, 1>(ph, v, rows, ah),
-                    _ => sum_pass::<E, 8, 2>(ph, v, rows, ah),
-                }
-            }
-        }
-
-        #[target_feature(enable = "avx512f")]
-        unsafe fn sum_pass<E: Load16, const C: usize, const H: usize>(
-            p: &[f32],
-            v: &[E],
-            rows: &[usize],
-            acc: &mut [f32],
-        ) {
-            let len = rows.len();
-            let mut av = [[_mm512_setzero_ps(); C]; H];
-            let vp = v.as_ptr();
-            let pp = p.as_ptr();
-            for (t, &row) in rows.iter().enumerate() {
-                prefetch_row::<E, C>(vp, rows, t);
-                let mut vv = [_mm512_setzero_ps(); C];
-                for (c, x) in vv.iter_mut().enumerate() {
-                    *x = E::load16(vp.add(row + 16 * c));
-                }
-                for (h, ah) in av.iter_mut().enumerate() {
-                    let w = _mm512_set1_ps(*pp.add(h * len + t));
-                    for c in 0..C {
-                        ah[c] = _mm512_fmadd_ps(w, vv[c], ah[c]);
-                    }
-                }
-            }
-            for (h, ah) in av.iter().enumerate() {
-                for (c, x) in ah.iter().enumerate() {
-                    _mm512_storeu_ps(acc.as_mut_ptr().add(h * 16 * C + 16 * c), *x);
-                }
-            }
-        }
-    }
+    use super::simd_x86 as x86;
 }
+
+#[cfg(target_arch = "x86_64")]
+#[path = "cpu_attention_x86.rs"]
+mod simd_x86;
 
 #[cfg(target_arch = "x86_64")]
 #[path = "cpu_attention_bf16.rs"]

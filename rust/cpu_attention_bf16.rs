@@ -1,142 +1,87 @@
-//! AVX512-BF16 kernels on bf16 caches (Zen 4, Sapphire Rapids and later).
+//! AVX512-BF16 kernels on tiled bf16 caches (Zen 4, Sapphire Rapids and later).
 //!
-//! Scores: `vdpbf16ps` multiplies the query and a key as bf16 pairs with f32
-//! accumulation (no widening of K), and the 16 partial-sum vectors of a tile of 16
-//! positions are reduced together by a shuffle tree (3 ops per position instead of a
-//! horizontal sum each). Weighted sum: two V rows are interleaved into (v_t, v_t+1)
-//! pairs and multiplied by the pair (p_t, p_t+1), so each instruction covers two
-//! positions; the probabilities are rounded to bf16 for it, as the torch bf16 path
-//! rounds its softmax output.
+//! Scores: one vector of a key tile is a dim pair of 16 positions, and `vdpbf16ps` with
+//! the query's pair broadcast adds that pair's products to 16 scores at once (f32
+//! accumulation, no widening of K, no reduction across lanes). Weighted sum: one vector
+//! of a value tile is 16 dims of a position pair, multiplied by the broadcast pair of
+//! their probabilities, which are rounded to bf16 for it as the torch bf16 path rounds
+//! its softmax output.
 
+use super::simd::{for_each_tile, TileAt, SCORE_HEADS};
+use crate::cpu_attention::{head_passes, Geom};
 use std::arch::x86_64::*;
 
-/// Positions ahead that the loops prefetch (see `x86::PREFETCH_AHEAD`).
-const AHEAD: usize = 32;
-
 #[inline]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn load_bh(p: *const u16) -> __m512bh {
-    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast()))
+unsafe fn bh(x: __m512i) -> __m512bh {
+    std::mem::transmute::<__m512i, __m512bh>(x)
 }
 
+/// A pair of bf16 values broadcast to every 32-bit lane.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn prefetch(base: *const u16, rows: &[usize], t: usize, bytes: usize) {
-    if let Some(&row) = rows.get(t) {
-        let p = base.add(row).cast::<i8>();
-        for line in (0..bytes).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(p.add(line));
-        }
-    }
+unsafe fn pair(p: *const u16) -> __m512i {
+    _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
 }
 
-/// Sums of each of 16 vectors, as the lanes of one vector (lane j = sum of v[j]).
+/// out[h, t] = scale * q[h] . K_t for the item's heads; q is [heads, D] bf16 bits.
 ///
 /// # Safety
-/// AVX-512F.
-#[inline]
-#[target_feature(enable = "avx512f")]
-pub unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
-    // Each level adds halves of two inputs into one output, halving the vectors and
-    // doubling the inputs covered per output.
-    let mut w = [_mm512_setzero_ps(); 8];
-    for (i, x) in w.iter_mut().enumerate() {
-        let (a, b) = (v[2 * i], v[2 * i + 1]);
-        *x = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-        );
-    }
-    let mut x = [_mm512_setzero_ps(); 4];
-    for (i, y) in x.iter_mut().enumerate() {
-        let (a, b) = (w[2 * i], w[2 * i + 1]);
-        *y = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-        );
-    }
-    let mut y = [_mm512_setzero_ps(); 2];
-    for (i, z) in y.iter_mut().enumerate() {
-        let (a, b) = (x[2 * i], x[2 * i + 1]);
-        *z = _mm512_add_ps(
-            _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
-            _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
-        );
-    }
-    let z = _mm512_add_ps(
-        _mm512_shuffle_ps::<0b10_00_10_00>(y[0], y[1]),
-        _mm512_shuffle_ps::<0b11_01_11_01>(y[0], y[1]),
-    );
-    // Lane 4k + m of z holds vector 4m + k: transpose the 4x4 back.
-    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    _mm512_permutexvar_ps(order, z)
-}
-
-/// out[h, t] = scale * q[h] . K[rows[t]]; q is [heads, 16 * chunks] bf16 bits.
-///
-/// # Safety
-/// AVX-512F and AVX512-BF16; chunks is 4 or 8; `rows[t] + 16 * chunks <= k.len()` for
-/// every t; out is [heads, rows.len()].
+/// AVX-512F and AVX512-BF16; as `simd::scores` otherwise.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub unsafe fn scores(
-    chunks: usize,
+    geo: &Geom,
     q: &[u16],
     k: &[u16],
-    rows: &[usize],
+    blocks: &[usize],
     scale: f32,
     out: &mut [f32],
 ) {
-    match chunks {
-        4 => scores_impl::<2>(q, k, rows, scale, out),
-        _ => scores_impl::<4>(q, k, rows, scale, out),
-    }
+    let (d, bs) = (geo.head_dim, geo.block_size);
+    let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
+    let sc = _mm512_set1_ps(scale);
+    for_each_tile(k.as_ptr(), geo, blocks, |b, kv, tile| {
+        for u in (0..geo.in_block(b)).step_by(16) {
+            let kt = k.as_ptr().add(tile + 2 * u);
+            for (h0, nh) in head_passes(geo.group, SCORE_HEADS) {
+                let h = kv * geo.group + h0;
+                let at = TileAt {
+                    q: qp.add(h * d),
+                    out: op.add(h * geo.stride + b * bs + u),
+                    stride: geo.stride,
+                    bs,
+                    n: geo.in_block(b) - u,
+                };
+                match (d, nh) {
+                    (64, 1) => score_tile::<32, 1>(kt, &at, sc),
+                    (64, 2) => score_tile::<32, 2>(kt, &at, sc),
+                    (64, 3) => score_tile::<32, 3>(kt, &at, sc),
+                    (64, _) => score_tile::<32, 4>(kt, &at, sc),
+                    (_, 1) => score_tile::<64, 1>(kt, &at, sc),
+                    (_, 2) => score_tile::<64, 2>(kt, &at, sc),
+                    (_, 3) => score_tile::<64, 3>(kt, &at, sc),
+                    _ => score_tile::<64, 4>(kt, &at, sc),
+                }
+            }
+        }
+    });
 }
 
+/// Scores of 16 positions (P dim pairs) for H heads. Two accumulators per head, so that
+/// each chain of dependent `vdpbf16ps` is half as long.
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn scores_impl<const C2: usize>(
-    q: &[u16],
-    k: &[u16],
-    rows: &[usize],
-    scale: f32,
-    out: &mut [f32],
-) {
-    let d = 32 * C2;
-    let heads = q.len() / d;
-    let len = rows.len();
-    let kp = k.as_ptr();
-    let sc = _mm512_set1_ps(scale);
-    // Heads outer, positions inner: a head's pass reads each key once (the first pass
-    // from memory, the others from L2), and nothing is loop-invariant across heads for
-    // the compiler to hoist into more registers than there are.
-    for h in 0..heads {
-        let mut qv = [load_bh(q.as_ptr()); C2];
-        for (c, x) in qv.iter_mut().enumerate() {
-            *x = load_bh(q.as_ptr().add(h * d + 32 * c));
+unsafe fn score_tile<const P: usize, const H: usize>(k: *const u16, at: &TileAt<u16>, sc: __m512) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; H];
+    for i in 0..P {
+        let kz = bh(_mm512_loadu_si512(k.add(2 * at.bs * i).cast()));
+        for (h, a) in acc.iter_mut().enumerate() {
+            let qz = bh(pair(at.q.add(h * 2 * P + 2 * i)));
+            a[i & 1] = _mm512_dpbf16_ps(a[i & 1], kz, qz);
         }
-        let mut t0 = 0;
-        while t0 < len {
-            let n = (len - t0).min(16);
-            // A short last tile repeats its first row; those lanes are not stored.
-            let mut tile = [rows[t0]; 16];
-            tile[..n].copy_from_slice(&rows[t0..t0 + n]);
-            if h == 0 {
-                for t in t0 + AHEAD..t0 + AHEAD + 16 {
-                    prefetch(kp, rows, t, 2 * d);
-                }
-            }
-            let mut parts = [_mm512_setzero_ps(); 16];
-            for (part, &row) in parts.iter_mut().zip(tile.iter()) {
-                let mut acc = _mm512_setzero_ps();
-                for (c, x) in qv.iter().enumerate() {
-                    acc = _mm512_dpbf16_ps(acc, *x, load_bh(kp.add(row + 32 * c)));
-                }
-                *part = acc;
-            }
-            let sums = _mm512_mul_ps(hsum16(&parts), sc);
-            let mask = if n == 16 { u16::MAX } else { (1u16 << n) - 1 };
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(h * len + t0), mask, sums);
-            t0 += 16;
-        }
+    }
+    for (h, a) in acc.iter().enumerate() {
+        let s = _mm512_mul_ps(_mm512_add_ps(a[0], a[1]), sc);
+        at.store(h, s);
     }
 }
 
@@ -158,81 +103,75 @@ pub unsafe fn round(x: &[f32], bits: &mut [u16]) {
     }
 }
 
-/// acc[h] = sum_t p[h, t] V[rows[t]], with p as bf16 bits [heads, rows.len() rounded
-/// up to even] (the padding 0).
+/// acc[h] += sum_t p[h, t] V_t for the item's heads; p is bf16 bits [heads, stride],
+/// zero-padded; acc is [heads, D].
 ///
 /// # Safety
-/// As `scores`, with `v` for `k`; acc is [heads, 16 * chunks].
+/// As `scores`.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub unsafe fn weighted_sum(chunks: usize, p: &[u16], v: &[u16], rows: &[usize], acc: &mut [f32]) {
-    let d = 16 * chunks;
-    let heads = acc.len() / d;
-    let even = rows.len().div_ceil(2) * 2;
-    // Heads per pass over the positions: their accumulators stay in registers.
-    let per = if chunks <= 4 { 3 } else { 2 };
-    for (h, n) in crate::cpu_attention::head_passes(heads, per) {
-        let ph = &p[h * even..(h + n) * even];
-        let ah = &mut acc[h * d..(h + n) * d];
-        match (chunks, n) {
-            (4, 1) => sum_pass::<2, 1>(ph, v, rows, ah),
-            (4, 2) => sum_pass::<2, 2>(ph, v, rows, ah),
-            (4, _) => sum_pass::<2, 3>(ph, v, rows, ah),
-            (_, 1) => sum_pass::<4, 1>(ph, v, rows, ah),
-            _ => sum_pass::<4, 2>(ph, v, rows, ah),
+pub unsafe fn weighted_sum(geo: &Geom, p: &[u16], v: &[u16], blocks: &[usize], acc: &mut [f32]) {
+    let (d, bs) = (geo.head_dim, geo.block_size);
+    let (pp, ap) = (p.as_ptr(), acc.as_mut_ptr());
+    // Heads per pass: their accumulators (D / 16 vectors each) in 16 registers.
+    let per = if d == 64 { 4 } else { 2 };
+    for_each_tile(v.as_ptr(), geo, blocks, |b, kv, tile| {
+        let vt = v.as_ptr().add(tile);
+        for (h0, nh) in head_passes(geo.group, per) {
+            let h = kv * geo.group + h0;
+            let at = TileAt {
+                q: pp.add(h * geo.stride + b * bs),
+                out: ap.add(h * d),
+                stride: geo.stride,
+                bs,
+                n: geo.in_block(b),
+            };
+            match (d, nh) {
+                (64, 1) => sum_tile::<4, 1>(vt, &at),
+                (64, 2) => sum_tile::<4, 2>(vt, &at),
+                (64, 3) => sum_tile::<4, 3>(vt, &at),
+                (64, _) => sum_tile::<4, 4>(vt, &at),
+                (_, 1) => sum_tile::<8, 1>(vt, &at),
+                _ => sum_tile::<8, 2>(vt, &at),
+            }
         }
-    }
+    });
 }
 
+/// One block's positions for H heads: C vectors (16 dims of a position pair each) per
+/// pair, accumulated into `at.out` ([H, 16 C]).
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn sum_pass<const C2: usize, const H: usize>(
-    p: &[u16],
-    v: &[u16],
-    rows: &[usize],
-    acc: &mut [f32],
-) {
-    let d = 32 * C2;
-    let len = rows.len();
-    let even = len.div_ceil(2) * 2;
-    let vp = v.as_ptr();
-    // Per 32 dims two accumulators [lo, hi]: lane 4j + m of lo is dim 8j + m, of hi dim
-    // 8j + 4 + m (the lane order of unpacklo/hi_epi16).
-    let mut av = [[[_mm512_setzero_ps(); 2]; C2]; H];
-    let zero = _mm512_setzero_si512();
-    let mut t = 0;
-    while t < len {
-        prefetch(vp, rows, t + AHEAD, 2 * d);
-        prefetch(vp, rows, t + AHEAD + 1, 2 * d);
-        let mut w = [_mm512_setzero_ps(); H];
-        for (h, x) in w.iter_mut().enumerate() {
-            let pair = p.as_ptr().add(h * even + t).cast::<i32>().read_unaligned();
-            *x = _mm512_castsi512_ps(_mm512_set1_epi32(pair));
+unsafe fn sum_tile<const C: usize, const H: usize>(v: *const u16, at: &TileAt<u16>) {
+    let d = 16 * C;
+    let mut av = [[_mm512_setzero_ps(); C]; H];
+    for (h, a) in av.iter_mut().enumerate() {
+        for (c, x) in a.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(at.out.add(h * d + 16 * c));
         }
-        let (r0, r1) = (rows[t], rows.get(t + 1).copied());
-        for c in 0..C2 {
-            let a = _mm512_loadu_si512(vp.add(r0 + 32 * c).cast());
-            let b = match r1 {
-                Some(r1) => _mm512_loadu_si512(vp.add(r1 + 32 * c).cast()),
-                None => zero,
-            };
-            let lo = std::mem::transmute::<__m512i, __m512bh>(_mm512_unpacklo_epi16(a, b));
-            let hi = std::mem::transmute::<__m512i, __m512bh>(_mm512_unpackhi_epi16(a, b));
-            for (ah, wh) in av.iter_mut().zip(w.iter()) {
-                let wh = std::mem::transmute::<__m512, __m512bh>(*wh);
-                ah[c][0] = _mm512_dpbf16_ps(ah[c][0], lo, wh);
-                ah[c][1] = _mm512_dpbf16_ps(ah[c][1], hi, wh);
-            }
-        }
-        t += 2;
     }
-    let mut tmp = [0f32; 16];
-    for (h, ah) in av.iter().enumerate() {
-        for (c, pair) in ah.iter().enumerate() {
-            for (half, x) in pair.iter().enumerate() {
-                _mm512_storeu_ps(tmp.as_mut_ptr(), *x);
-                for (lane, &val) in tmp.iter().enumerate() {
-                    acc[h * d + 32 * c + 8 * (lane / 4) + 4 * half + lane % 4] = val;
-                }
+    for j in 0..at.n.div_ceil(2) {
+        let mut w = [_mm512_setzero_si512(); H];
+        for (h, x) in w.iter_mut().enumerate() {
+            *x = pair(at.q.add(h * at.stride + 2 * j));
+        }
+        // An odd last position: its partner slot is not written yet (and may hold
+        // anything, NaN included), so it is zeroed, not just weighted by 0. (Only
+        // there: masked loads everywhere cost a quarter of the kernel's time.)
+        let odd_tail = 2 * j + 1 == at.n;
+        for c in 0..C {
+            let src = v.add(j * 2 * d + 32 * c);
+            let x = if odd_tail {
+                bh(_mm512_maskz_loadu_epi16(0x5555_5555, src.cast()))
+            } else {
+                bh(_mm512_loadu_si512(src.cast()))
+            };
+            for (a, wh) in av.iter_mut().zip(w.iter()) {
+                a[c] = _mm512_dpbf16_ps(a[c], x, bh(*wh));
             }
+        }
+    }
+    for (h, a) in av.iter().enumerate() {
+        for (c, x) in a.iter().enumerate() {
+            _mm512_storeu_ps(at.out.add(h * d + 16 * c), *x);
         }
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::kv_layout::Tiled;
 
 /// A small deterministic generator (xorshift), so the tests need no extra crates.
 struct Rng(u64);
@@ -70,16 +71,19 @@ fn reference(c: &Case, scale: f32) -> Vec<f32> {
         for h in 0..s.num_heads {
             let kvh = h / group;
             let q = &c.query[(seq * s.num_heads + h) * d..][..d];
-            let row = |t: usize| {
-                let b = c.block_tables[seq * s.max_blocks + t / s.block_size] as usize;
-                ((b * s.block_size + t % s.block_size) * s.num_kv_heads + kvh) * d
+            // The tiled layout, written out: the tile of (block, KV head), keys as
+            // [D/2, BS, 2], values as [BS/2, D, 2].
+            let bs = s.block_size;
+            let tile = |t: usize| {
+                let b = c.block_tables[seq * s.max_blocks + t / bs] as usize;
+                (b * s.num_kv_heads + kvh) * d * bs
             };
+            let key = |t: usize, i: usize| tile(t) + ((i / 2) * bs + t % bs) * 2 + i % 2;
+            let value = |t: usize, i: usize| tile(t) + ((t % bs / 2) * d + i) * 2 + t % 2;
             let scores: Vec<f64> = (0..len)
                 .map(|t| {
-                    let k = &c.key_cache[row(t)..][..d];
-                    q.iter()
-                        .zip(k)
-                        .map(|(a, b)| *a as f64 * *b as f64)
+                    (0..d)
+                        .map(|i| q[i] as f64 * c.key_cache[key(t, i)] as f64)
                         .sum::<f64>()
                         * scale as f64
                 })
@@ -92,7 +96,7 @@ fn reference(c: &Case, scale: f32) -> Vec<f32> {
                 .enumerate()
             {
                 *o = (0..len)
-                    .map(|t| e[t] / sum * c.value_cache[row(t) + i] as f64)
+                    .map(|t| e[t] / sum * c.value_cache[value(t, i)] as f64)
                     .sum::<f64>() as f32;
             }
         }
@@ -146,69 +150,130 @@ fn f32_equals_dense_reference_for_head_sizes_and_gqa_ratios() {
     }
 }
 
-/// One (sequence, KV head) item through a given kernel, in element type E.
-fn item_through<E: Elem + simd::Load16>(
+/// Sequence 0 through a given kernel in element type E: as one item of all its KV
+/// heads (`whole`), or as one item per KV head.
+fn items_through<E: Elem + simd::Load16>(
     kernel: Kernel,
     c: &Case,
     len: usize,
-    d: usize,
+    whole: bool,
 ) -> Vec<f32> {
     let s = c.shape;
+    let d = s.head_dim;
+    let layout = Tiled::new(s.block_size, s.num_kv_heads, d).expect("valid layout");
     let group = s.num_heads / s.num_kv_heads;
+    let n_kv = if whole { s.num_kv_heads } else { 1 };
     let conv = |x: &[f32]| x.iter().map(|&v| E::from_f32(v)).collect::<Vec<E>>();
     let (k, v) = (conv(&c.key_cache), conv(&c.value_cache));
-    let q = conv(&c.query[group * d..2 * group * d]);
-    let mut scratch = Scratch {
-        rows: (0..len)
-            .map(|t| {
-                let blk = c.block_tables[t / 16] as usize;
-                ((blk * 16 + t % 16) * s.num_kv_heads + 1) * d
-            })
-            .collect(),
-        ..Scratch::default()
+    let q = conv(&c.query[..s.num_heads * d]);
+    let geo = Geom {
+        n_kv,
+        group,
+        len,
+        stride: len.div_ceil(2) * 2,
+        block_size: s.block_size,
+        head_dim: d,
+        tile: layout.tile_len(),
     };
-    let mut out = vec![E::from_f32(0.0); group * d];
-    attend_item(kernel, &s, group, &q, &k, &v, 0.125, &mut scratch, &mut out);
+    let item_len = n_kv * group * d;
+    let mut out = vec![E::from_f32(0.0); s.num_heads * d];
+    let mut scratch = Scratch::default();
+    for (item, out_item) in out.chunks_mut(item_len).enumerate() {
+        scratch.blocks = c.block_tables[..len.div_ceil(s.block_size)]
+            .iter()
+            .map(|&b| layout.tile(b as usize, item * n_kv))
+            .collect();
+        let q_item = &q[item * item_len..(item + 1) * item_len];
+        attend_item(
+            kernel,
+            &layout,
+            &geo,
+            q_item,
+            &k,
+            &v,
+            0.125,
+            &mut scratch,
+            out_item,
+        );
+    }
     out.iter().map(|x| x.to_f32()).collect()
 }
 
 #[test]
 fn every_kernel_agrees_with_the_portable_one() {
     for d in [64, 128] {
-        // Odd and even lengths, a partial last tile, GQA group 3.
-        for len in [1, 2, 17, 300, 301] {
-            let c = case(&[len as i32, 5], 12, 4, d, 3 + len as u64);
-            let want = item_through::<f32>(Kernel::Portable, &c, len, d);
-            assert!(want.iter().any(|&x| x != 0.0));
-            let want_bf = item_through::<Bf16>(Kernel::Portable, &c, len, d);
-            let mut kernels = vec![];
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                kernels.push(Kernel::Avx512 { chunks: d / 16 });
+        // Odd and even lengths, a partial last tile, GQA group 3 (and 5: two passes of
+        // the score kernels), items of one KV head and of all of them.
+        for (len, heads) in [(1, 12), (2, 12), (17, 12), (300, 12), (301, 20), (35, 20)] {
+            let c = case(&[len as i32, 5], heads, 4, d, 3 + len as u64);
+            for whole in [false, true] {
+                let want = items_through::<f32>(Kernel::Portable, &c, len, whole);
+                assert!(want.iter().any(|&x| x != 0.0));
+                let want_bf = items_through::<Bf16>(Kernel::Portable, &c, len, whole);
+                let mut kernels = vec![];
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    kernels.push(Kernel::Avx512);
+                }
+                let what = format!("d {d} len {len} heads {heads} whole {whole}");
+                for &kernel in &kernels {
+                    let got = items_through::<f32>(kernel, &c, len, whole);
+                    assert!(max_abs_diff(&got, &want) < 1e-5, "{kernel:?} f32 {what}");
+                    let got = items_through::<Bf16>(kernel, &c, len, whole);
+                    assert!(
+                        max_abs_diff(&got, &want_bf) < 1e-2,
+                        "{kernel:?} bf16 {what}"
+                    );
+                }
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx512bf16") {
+                    let kernel = Kernel::Avx512Bf16;
+                    assert_eq!(Kernel::select::<Bf16>(d, 16), kernel);
+                    let got = items_through::<Bf16>(kernel, &c, len, whole);
+                    // Probabilities in bf16 (2^-9 relative) on top of the output rounding.
+                    assert!(max_abs_diff(&got, &want_bf) < 1.5e-2, "bf16 kernel {what}");
+                }
             }
-            for &kernel in &kernels {
-                let got = item_through::<f32>(kernel, &c, len, d);
-                assert!(
-                    max_abs_diff(&got, &want) < 1e-5,
-                    "{kernel:?} f32 d {d} len {len}"
-                );
-                let got = item_through::<Bf16>(kernel, &c, len, d);
-                assert!(
-                    max_abs_diff(&got, &want_bf) < 1e-2,
-                    "{kernel:?} bf16 d {d} len {len}"
-                );
+        }
+    }
+}
+
+#[test]
+fn unwritten_slots_do_not_leak_into_the_output() {
+    // NaN in every slot past each sequence's length (a block's unwritten tail): an odd
+    // last position pairs with one of them in the value tiles.
+    for d in [64, 32] {
+        for len in [1, 7, 16, 33] {
+            let mut c = case(&[len], 6, 2, d, 9);
+            let bs = c.shape.block_size;
+            let b = c.block_tables[(len as usize - 1) / bs] as usize;
+            let tile = d * bs;
+            let unwritten = if (len as usize).is_multiple_of(bs) {
+                bs..bs
+            } else {
+                len as usize % bs..bs
+            };
+            for kv in 0..2 {
+                let at = (b * 2 + kv) * tile;
+                for t in unwritten.clone() {
+                    for i in 0..d {
+                        c.key_cache[at + ((i / 2) * bs + t) * 2 + i % 2] = f32::NAN;
+                        c.value_cache[at + ((t / 2) * d + i) * 2 + t % 2] = f32::NAN;
+                    }
+                }
             }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512bf16") {
-                let kernel = Kernel::Avx512Bf16 { chunks: d / 16 };
-                assert_eq!(Kernel::select::<Bf16>(d), kernel);
-                let got = item_through::<Bf16>(kernel, &c, len, d);
-                // Probabilities in bf16 (2^-9 relative) on top of the output rounding.
-                assert!(
-                    max_abs_diff(&got, &want_bf) < 1.5e-2,
-                    "bf16 kernel d {d} len {len}"
-                );
-            }
+            let got = run_f32(&c, 0.125).expect("valid call");
+            assert!(got.iter().all(|x| x.is_finite()), "d {d} len {len}");
+            let bf = |x: &[f32]| x.iter().map(|&v| Bf16::from_f32(v)).collect::<Vec<_>>();
+            let mut out = vec![Bf16::default(); c.query.len()];
+            let (q, k, v) = (bf(&c.query), bf(&c.key_cache), bf(&c.value_cache));
+            let s = c.shape;
+            let (bt, sl) = (&c.block_tables, &c.seq_lens);
+            paged_decode_attention(s, &q, &k, &v, bt, sl, 0.125, &mut out).expect("valid call");
+            assert!(
+                out.iter().all(|x| x.to_f32().is_finite()),
+                "bf16 d {d} len {len}"
+            );
         }
     }
 }
@@ -292,6 +357,9 @@ fn bad_inputs_are_invalid_request_errors() {
     let mut bad = case(&[20, 3], 4, 2, 64, 1);
     bad.key_cache.pop();
     expect_err(&bad, "caches");
+    let mut bad = case(&[20, 3], 4, 2, 64, 1);
+    bad.shape.block_size = 15;
+    expect_err(&bad, "even");
     // A block id past a sequence's last used block is never read, so it is not checked.
     let mut ok = case(&[20, 3], 4, 2, 64, 1);
     ok.block_tables[ok.shape.max_blocks + 1] = -5;

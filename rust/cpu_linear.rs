@@ -85,9 +85,50 @@ fn portable_rows(x: &[Bf16], w: &[Bf16], bias: Option<&[Bf16]>, y: &mut [Bf16]) 
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::Bf16;
-    use crate::cpu_attention::simd_bf16::hsum16;
     use crate::cpu_attention::Elem;
     use std::arch::x86_64::*;
+
+    /// Sums of each of 16 vectors, as the lanes of one vector (lane j = sum of v[j]).
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
+        // Each level adds halves of two inputs into one output, halving the vectors and
+        // doubling the inputs covered per output.
+        let mut w = [_mm512_setzero_ps(); 8];
+        for (i, x) in w.iter_mut().enumerate() {
+            let (a, b) = (v[2 * i], v[2 * i + 1]);
+            *x = _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            );
+        }
+        let mut x = [_mm512_setzero_ps(); 4];
+        for (i, y) in x.iter_mut().enumerate() {
+            let (a, b) = (w[2 * i], w[2 * i + 1]);
+            *y = _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            );
+        }
+        let mut y = [_mm512_setzero_ps(); 2];
+        for (i, z) in y.iter_mut().enumerate() {
+            let (a, b) = (x[2 * i], x[2 * i + 1]);
+            *z = _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+            );
+        }
+        let z = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b10_00_10_00>(y[0], y[1]),
+            _mm512_shuffle_ps::<0b11_01_11_01>(y[0], y[1]),
+        );
+        // Lane 4k + m of z holds vector 4m + k: transpose the 4x4 back.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(order, z)
+    }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bf16")]

@@ -10,6 +10,7 @@ pub mod cpu_linear;
 pub mod cpu_ops;
 pub mod detokenizer;
 pub mod error;
+pub mod kv_layout;
 mod py;
 pub mod request;
 pub mod scheduler;

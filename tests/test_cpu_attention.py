@@ -3,6 +3,7 @@ decode path) equals the torch reference, and rejects bad input with a clear erro
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -18,20 +19,57 @@ from rsllm.model.attention import (
     kernel_supports,
     select_backend,
 )
+from rsllm.model.kv_layout import PAGED, TILED
 from test_kernels_attention import Batch, make_batch, reference_attention
 
 DECODES = [(1, 1), (1, 15), (1, 16), (1, 17), (1, 33), (1, 250), (1, 600)]
 
 
+def tiled(b: Batch) -> Batch:
+    """The batch with its paged caches rearranged into the CPU backend's tiles, written
+    out here from the layout's definition (keys [blocks, Hkv, D/2, BS, 2], values
+    [blocks, Hkv, BS/2, D, 2])."""
+    nb, bs, hkv, d = b.key_cache.shape
+    k = b.key_cache.view(nb, bs, hkv, d // 2, 2).permute(0, 2, 3, 1, 4).contiguous()
+    v = b.value_cache.view(nb, bs // 2, 2, hkv, d).permute(0, 3, 1, 4, 2).contiguous()
+    return dataclasses.replace(b, key_cache=k, value_cache=v)
+
+
 def run_kernel(b: Batch) -> torch.Tensor:
+    t = tiled(b)
     return decode_kernel(
-        b.query,
-        b.key_cache,
-        b.value_cache,
-        b.block_tables.numpy(),
-        b.seq_lens.numpy(),
-        b.scale,
+        t.query,
+        t.key_cache,
+        t.value_cache,
+        t.block_tables.numpy(),
+        t.seq_lens.numpy(),
+        t.scale,
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiled_store_and_gather_agree_with_the_paged_layout(dtype: torch.dtype) -> None:
+    t, nb, bs, hkv, d = 23, 5, 16, 3, 8
+    gen = torch.Generator().manual_seed(3)
+    key = torch.randn(t, hkv, d, generator=gen).to(dtype)
+    value = torch.randn(t, hkv, d, generator=gen).to(dtype)
+    slots = torch.randperm(nb * bs, generator=gen)[:t]
+    paged = [torch.zeros(PAGED.shapes(nb, bs, hkv, d)[0], dtype=dtype) for _ in "kv"]
+    k_shape, v_shape = TILED.shapes(nb, bs, hkv, d)
+    tk, tv = torch.zeros(k_shape, dtype=dtype), torch.zeros(v_shape, dtype=dtype)
+    PAGED.store(key, value, *paged, slots)
+    TILED.store(key, value, tk, tv, slots)
+    b = tiled(Batch(key, *paged, *([None] * 5), 1.0))  # type: ignore[arg-type]
+    assert torch.equal(tk, b.key_cache) and torch.equal(tv, b.value_cache)
+    ids = torch.tensor([4, 0, 2])
+    assert torch.equal(TILED.gather(tk, ids, values=False), paged[0][ids])
+    assert torch.equal(TILED.gather(tv, ids, values=True), paged[1][ids])
+    assert TILED.dims(tk) == PAGED.dims(paged[0]) == (bs, hkv, d)
+
+
+def test_tiled_layout_needs_even_sizes() -> None:
+    with pytest.raises(InvalidRequestError, match="even"):
+        TILED.shapes(4, 15, 2, 64)
 
 
 # head_dim 64 and 128 take the AVX-512 path where the CPU has it, 32 the portable loops.
@@ -90,7 +128,7 @@ def test_mixed_batch_through_the_backend_equals_the_reference() -> None:
     # Unowned blocks hold 0, as in the engine's zeroed cache: the torch reference reads
     # (and masks) whole blocks, so NaN padding would poison its rows.
     b = make_batch(requests, 2, 64, torch.float32, torch.device("cpu"), seed=9, unowned=0.0)
-    outs = [attend_with(backend, b)[0] for backend in (CpuBackend(), TorchReferenceBackend())]
+    outs = [attend_with(CpuBackend(), tiled(b))[0], attend_with(TorchReferenceBackend(), b)[0]]
     torch.testing.assert_close(outs[0], outs[1], atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(outs[0], reference_attention(b), atol=2e-5, rtol=2e-5)
 
@@ -120,8 +158,9 @@ def call_raw(b: Batch, **change) -> None:
         (lambda b: {"query": b.query.numpy()[:, :3]}, "disagree|multiple|C-contiguous"),
         (lambda b: {"out": np.empty((1, 1, 1), np.float32)}, "disagree"),
         (lambda b: {"query": b.query.double().numpy()}, "query must be a numpy array"),
-        (lambda b: {"key_cache": b.key_cache.numpy()[0]}, "4 dimensions"),
-        (lambda b: {"key_cache": b.key_cache.numpy()[:, ::2]}, "disagree|C-contiguous"),
+        (lambda b: {"key_cache": b.key_cache.numpy()[0]}, "5 dimensions"),
+        (lambda b: {"value_cache": b.key_cache.numpy()}, "must be tiled"),
+        (lambda b: {"key_cache": np.repeat(b.key_cache.numpy(), 2, 2)[:, :, ::2]}, "C-contig"),
         (lambda b: {"dtype": "float16"}, "dtype must be"),
     ],
     ids=[
@@ -133,18 +172,19 @@ def call_raw(b: Batch, **change) -> None:
         "out-shape",
         "float64",
         "cache-ndim",
+        "paged-value-cache",
         "strided-cache",
         "dtype-name",
     ],
 )
 def test_bad_input_is_invalid_request(change, message: str) -> None:
-    b = make_batch([(1, 20), (1, 5)], 2, 64, torch.float32, torch.device("cpu"))
+    b = tiled(make_batch([(1, 20), (1, 5)], 2, 64, torch.float32, torch.device("cpu")))
     with pytest.raises(InvalidRequestError, match=message):
         call_raw(b, **change(b))
 
 
 def test_out_may_not_alias_query() -> None:
-    b = make_batch([(1, 20)], 2, 64, torch.float32, torch.device("cpu"))
+    b = tiled(make_batch([(1, 20)], 2, 64, torch.float32, torch.device("cpu")))
     q = b.query.numpy()
     with pytest.raises(InvalidRequestError, match="out must be"):
         call_raw(b, query=q, out=q)
@@ -163,10 +203,44 @@ def test_bfloat16_prefills_one_at_a_time_equal_the_padded_batch() -> None:
     requests = [(1, 40), (5, 21), (30, 30), (12, 60), (1, 97), (3, 3)]
     b = make_batch(requests, 3, 64, torch.bfloat16, torch.device("cpu"), seed=4, unowned=0.0)
     outs = []
-    for backend in (CpuBackend(), TorchReferenceBackend()):
-        out, meta = attend_with(backend, b)
+    for backend, batch in ((CpuBackend(), tiled(b)), (TorchReferenceBackend(), b)):
+        out, meta = attend_with(backend, batch)
         assert meta.plan is not None and meta.plan.prefill is not None
         assert len(meta.plan.prefill.spans) == 4
         outs.append(out.float())
     torch.testing.assert_close(outs[0], outs[1], atol=3e-2, rtol=2**-6)
     torch.testing.assert_close(outs[0], reference_attention(b), atol=3e-2, rtol=2**-6)
+
+
+@pytest.mark.parametrize(
+    "requests", [[(1, 40), (1, 17), (1, 1)], [(1, 40), (6, 21), (1, 3)]], ids=["decodes", "mixed"]
+)
+def test_new_keys_and_values_are_stored_before_they_are_attended_to(requests) -> None:
+    """`attend(new_kv=...)`: the cpu backend's Rust store into its tiles, then attention,
+    equals the torch reference's paged store then attention."""
+    b = make_batch(requests, 3, 64, torch.bfloat16, torch.device("cpu"), seed=6, unowned=0.0)
+    bs = b.key_cache.shape[1]
+    slots = []
+    for r, (q_len, seq_len) in enumerate(requests):
+        for pos in range(seq_len - q_len, seq_len):
+            slots.append(int(b.block_tables[r, pos // bs]) * bs + pos % bs)
+    hkv, d = b.key_cache.shape[2:]
+    gen = torch.Generator().manual_seed(7)
+    new_kv = torch.randn(len(slots), 2, hkv, d, generator=gen).bfloat16()
+    outs, caches = [], []
+    for backend, batch in ((CpuBackend(), tiled(b)), (TorchReferenceBackend(), b)):
+        meta = backend.build_metadata(
+            np.array(slots, np.int64),
+            batch.query_start_loc.numpy(),
+            batch.seq_lens.numpy(),
+            batch.block_tables.numpy(),
+            bs,
+            torch.device("cpu"),
+        )
+        kc, vc = batch.key_cache.clone(), batch.value_cache.clone()
+        outs.append(backend.attend(batch.query, kc, vc, meta, b.scale, new_kv=new_kv).float())
+        caches.append((kc, vc))
+    torch.testing.assert_close(outs[0], outs[1], atol=3e-2, rtol=2**-6)
+    stored = tiled(dataclasses.replace(b, key_cache=caches[1][0], value_cache=caches[1][1]))
+    assert torch.equal(caches[0][0], stored.key_cache)
+    assert torch.equal(caches[0][1], stored.value_cache)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from rsllm import _core
 from rsllm.errors import InvalidRequestError
 from rsllm.model import cpu_ops
-from rsllm.model.attention import store_kv
+from rsllm.model.kv_layout import PAGED, TILED
 from rsllm.model.layers import apply_rope
 
 
@@ -36,34 +36,65 @@ def test_rms_norm_with_residual_adds_in_place_first() -> None:
     torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=2**-7)
 
 
-def test_rope_store_equals_rope_then_store() -> None:
+def test_rope_equals_torch_rope_and_split() -> None:
     t, hq, hkv, d = 5, 6, 2, 64
     qkv = bf16(t, (hq + 2 * hkv) * d, seed=6)
     angles = torch.rand(t, 1, d // 2, generator=torch.Generator().manual_seed(7)) * 6
     cos = torch.cat([angles.cos(), angles.cos()], -1).bfloat16()
     sin = torch.cat([-angles.sin(), angles.sin()], -1).bfloat16()
-    slots = torch.tensor([17, 3, 40, 0, 9])
-    kc, vc = torch.zeros(4, 16, hkv, d).bfloat16(), torch.zeros(4, 16, hkv, d).bfloat16()
-    q = cpu_ops.rope_store(qkv, cos, sin, slots, kc, vc, hq)
-    # The torch path of LlamaAttention: rope on [q; k], then the store.
+    q, kv = cpu_ops.rope(qkv, cos, sin, hq, hkv)
+    assert q.shape == (t, hq, d) and kv.shape == (t, 2, hkv, d)
+    # The torch path of LlamaAttention: rope on [q; k], v as it is.
     qk = apply_rope(qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d).float(), cos.float(), sin.float())
-    ref_kc, ref_vc = torch.zeros_like(kc), torch.zeros_like(vc)
-    store_kv(qk[:, hq:], qkv[:, (hq + hkv) * d :].view(t, hkv, d), ref_kc, ref_vc, slots)
     torch.testing.assert_close(q.float(), qk[:, :hq], atol=1e-2, rtol=2**-7)
-    torch.testing.assert_close(kc.float(), ref_kc.float(), atol=1e-2, rtol=2**-7)
-    assert torch.equal(vc, ref_vc)  # V is copied bit for bit
-    untouched = torch.ones(64, dtype=torch.bool)
-    untouched[slots] = False
-    assert (kc.view(64, -1)[untouched] == 0).all()
+    torch.testing.assert_close(kv[:, 0].float(), qk[:, hq:], atol=1e-2, rtol=2**-7)
+    assert torch.equal(kv[:, 1], qkv[:, (hq + hkv) * d :].view(t, hkv, d))  # bit for bit
 
 
-def test_rope_store_rejects_a_slot_outside_the_cache() -> None:
-    qkv = bf16(1, 4 * 64, seed=8)
-    cos = sin = bf16(1, 1, 64, seed=9)
-    kc, vc = torch.zeros(2, 16, 1, 64).bfloat16(), torch.zeros(2, 16, 1, 64).bfloat16()
-    with pytest.raises(InvalidRequestError, match="outside the cache"):
-        cpu_ops.rope_store(qkv, cos, sin, torch.tensor([32]), kc, vc, 2)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_kv_equals_the_torch_tiled_store(dtype: torch.dtype) -> None:
+    t, hkv, d = 7, 2, 64
+    kv = torch.randn(t, 2, hkv, d, generator=torch.Generator().manual_seed(8)).to(dtype)
+    slots = torch.tensor([17, 3, 40, 0, 9, 63, 16])
+    k_shape, v_shape = TILED.shapes(4, 16, hkv, d)
+    kc, vc = torch.zeros(k_shape, dtype=dtype), torch.zeros(v_shape, dtype=dtype)
+    cpu_ops.store_kv(kv, slots, kc, vc)
+    ref_kc, ref_vc = torch.zeros_like(kc), torch.zeros_like(vc)
+    TILED.store(kv[:, 0], kv[:, 1], ref_kc, ref_vc, slots)
+    assert torch.equal(kc, ref_kc) and torch.equal(vc, ref_vc)
+    # ... which is the paged store, rearranged.
+    paged = [torch.zeros(PAGED.shapes(4, 16, hkv, d)[0], dtype=dtype) for _ in "kv"]
+    PAGED.store(kv[:, 0], kv[:, 1], *paged, slots)
+    blocks = torch.arange(4)
+    assert torch.equal(TILED.gather(kc, blocks, values=False), paged[0])
+    assert torch.equal(TILED.gather(vc, blocks, values=True), paged[1])
+
+
+def test_store_kv_rejects_bad_slots_and_caches() -> None:
+    kv = bf16(1, 2, 1, 64, seed=9)
+    k_shape, v_shape = TILED.shapes(2, 16, 1, 64)
+    kc, vc = torch.zeros(k_shape).bfloat16(), torch.zeros(v_shape).bfloat16()
+    for slot in (32, -1):
+        with pytest.raises(InvalidRequestError, match="outside the cache"):
+            cpu_ops.store_kv(kv, torch.tensor([slot]), kc, vc)
     assert (kc == 0).all() and (vc == 0).all()  # checked before anything is written
+    paged = torch.zeros(PAGED.shapes(2, 16, 1, 64)[0]).bfloat16()
+    with pytest.raises(InvalidRequestError, match="must be tiled"):
+        cpu_ops.store_kv(kv, torch.tensor([3]), kc, paged)
+    with pytest.raises(InvalidRequestError, match="tokens"):
+        cpu_ops.store_kv(kv, torch.tensor([3, 4]), kc, vc)
+
+
+def test_rope_rejects_mismatched_shapes() -> None:
+    qkv = bf16(2, 4 * 64, seed=10)
+    cos = sin = bf16(2, 64, seed=11)
+    q, kv = torch.empty(2, 2, 64).bfloat16(), torch.empty(2, 2, 1, 64).bfloat16()
+    _core.rope(*map(cpu_ops.as_numpy, (qkv, cos, sin, q, kv)), "bfloat16")
+    with pytest.raises(InvalidRequestError, match="rope"):
+        _core.rope(*map(cpu_ops.as_numpy, (qkv, cos[:1], sin, q, kv)), "bfloat16")
+    with pytest.raises(InvalidRequestError, match="kv_out"):
+        bad = torch.empty(2, 3, 1, 64).bfloat16()
+        _core.rope(*map(cpu_ops.as_numpy, (qkv, cos, sin, q, bad)), "bfloat16")
 
 
 def test_rms_norm_rejects_mismatched_shapes() -> None:

@@ -22,13 +22,13 @@ class Harness:
         self.hf = hf_model(cfg)
         self.model = build_model(cfg, self.hf.state_dict(), dtype, "cpu", attention_backend=backend)
         a = self.model.config
-        shape = (64, BLOCK, a.num_key_value_heads, a.head_dim)
+        self.backend = self.model.model.layers[0].self_attn.backend
+        k_shape, v_shape = self.backend.layout.shapes(64, BLOCK, a.num_key_value_heads, a.head_dim)
         self.kv = [
-            (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
+            (torch.zeros(k_shape, dtype=dtype), torch.zeros(v_shape, dtype=dtype))
             for _ in range(a.num_hidden_layers)
         ]
         self.driver = PagedDriver(64, BLOCK, seed=hash(family) % 1000)
-        self.backend = self.model.model.layers[0].self_attn.backend
         self.tol = TOL[dtype]
         self.rng = np.random.default_rng(0)
 

@@ -123,7 +123,10 @@ def test_kv_cache_sized_from_memory_budget(tiny):
         max_num_batched_tokens=256,
     )
     assert runner2.num_blocks == 100
-    assert runner2.kv_caches[0][0].shape == (100, 4, 2, 16)
+    # The CPU backend's tiles: keys [blocks, Hkv, D/2, BS, 2], values [blocks, Hkv, BS/2, D, 2].
+    k, v = runner2.kv_caches[0]
+    assert k.shape == (100, 2, 8, 4, 2) and v.shape == (100, 2, 2, 16, 2)
+    assert 2 * k.numel() * k.element_size() * len(runner2.kv_caches) == 100 * runner.block_bytes
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

@@ -20,8 +20,9 @@ __all__ = [
     "linear_row",
     "paged_decode_attention",
     "rms_norm",
-    "rope_store",
+    "rope",
     "silu_mul",
+    "store_kv",
 ]
 
 __version__: str
@@ -54,14 +55,19 @@ def linear_row(
     bias: npt.NDArray[np.uint16] | None,
     out: npt.NDArray[np.uint16],
 ) -> None: ...
-def rope_store(
+def rope(
     qkv: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     cos: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     sin: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    q_out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    kv_out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    dtype: str,
+) -> None: ...
+def store_kv(
+    kv: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     slots: npt.NDArray[np.int64],
     key_cache: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     value_cache: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
-    q_out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     dtype: str,
 ) -> None: ...
 def rms_norm(

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 use crate::cpu_attention::{self, as_bf16, as_bf16_mut, DecodeShape};
 use crate::error::CoreError;
+use crate::kv_layout::Tiled;
 
 use super::{detach, to_pyerr};
 
@@ -14,7 +15,8 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(paged_decode_attention, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(rms_norm, m)?)?;
-    m.add_function(wrap_pyfunction!(rope_store, m)?)?;
+    m.add_function(wrap_pyfunction!(rope, m)?)?;
+    m.add_function(wrap_pyfunction!(store_kv, m)?)?;
     m.add_function(wrap_pyfunction!(linear_row, m)?)?;
     m.add_function(wrap_pyfunction!(argmax_rows, m)?)?;
     m.add_function(wrap_pyfunction!(silu_mul, m)?)?;
@@ -81,7 +83,7 @@ fn norm_as<N, E>(
 ) -> PyResult<()>
 where
     N: numpy::Element + Sync + Send,
-    E: cpu_attention::Elem,
+    E: cpu_attention::simd::Load16,
 {
     let x = readonly::<N>(py, "x", x)?;
     let w = readonly::<N>(py, "weight", weight)?;
@@ -115,33 +117,27 @@ where
     detach(py, || crate::cpu_ops::rms_norm(xs, rs, ws, eps, os))
 }
 
-/// Rope on q and k of each token and K/V into the cache (see `cpu_ops::rope_store`):
-/// `qkv` [T, (heads + 2 Hkv) * D], `cos`/`sin` [T, D], `slots` [T] int64, caches
-/// [num_blocks, block_size, Hkv, D], `q_out` [T, heads, D]. float32 or bfloat16 (as
-/// uint16), all C-contiguous. Runs without the GIL.
+/// Rope on q and k of each token, split out of the fused projections (see
+/// `cpu_ops::rope`): `qkv` [T, (heads + 2 Hkv) * D], `cos`/`sin` [T, D], `q_out`
+/// [T, heads, D], `kv_out` [T, 2, Hkv, D]. float32 or bfloat16 (as uint16), all
+/// C-contiguous. Runs without the GIL.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
-fn rope_store(
+fn rope(
     py: Python<'_>,
     qkv: &Bound<'_, PyAny>,
     cos: &Bound<'_, PyAny>,
     sin: &Bound<'_, PyAny>,
-    slots: PyReadonlyArray1<'_, i64>,
-    key_cache: &Bound<'_, PyAny>,
-    value_cache: &Bound<'_, PyAny>,
     q_out: &Bound<'_, PyAny>,
+    kv_out: &Bound<'_, PyAny>,
     dtype: &str,
 ) -> PyResult<()> {
-    let slots = slots
-        .as_slice()
-        .map_err(|_| invalid(py, "slots must be C-contiguous".into()))?;
-    let args = (qkv, cos, sin, key_cache, value_cache, q_out);
+    let args = (qkv, cos, sin, q_out, kv_out);
     match dtype {
-        "float32" => rope_as::<f32, f32>(py, args, slots, |x| x, |x| x),
-        "bfloat16" => rope_as::<u16, cpu_attention::Bf16>(py, args, slots, as_bf16, as_bf16_mut),
+        "float32" => rope_as::<f32, f32>(py, args, |x| x, |x| x),
+        "bfloat16" => rope_as::<u16, cpu_attention::Bf16>(py, args, as_bf16, as_bf16_mut),
         other => Err(invalid(
             py,
-            format!("rope_store: dtype must be float32 or bfloat16, got {other:?}"),
+            format!("rope: dtype must be float32 or bfloat16, got {other:?}"),
         )),
     }
 }
@@ -152,13 +148,11 @@ type RopeArgs<'a, 'py> = (
     &'a Bound<'py, PyAny>,
     &'a Bound<'py, PyAny>,
     &'a Bound<'py, PyAny>,
-    &'a Bound<'py, PyAny>,
 );
 
 fn rope_as<N, E>(
     py: Python<'_>,
-    (qkv, cos, sin, key_cache, value_cache, q_out): RopeArgs<'_, '_>,
-    slots: &[i64],
+    (qkv, cos, sin, q_out, kv_out): RopeArgs<'_, '_>,
     view: fn(&[N]) -> &[E],
     view_mut: fn(&mut [N]) -> &mut [E],
 ) -> PyResult<()>
@@ -169,19 +163,18 @@ where
     let qkv = readonly::<N>(py, "qkv", qkv)?;
     let cos = readonly::<N>(py, "cos", cos)?;
     let sin = readonly::<N>(py, "sin", sin)?;
-    let mut kc = writable::<N>(py, "key_cache", key_cache)?;
-    let mut vc = writable::<N>(py, "value_cache", value_cache)?;
     let mut q = writable::<N>(py, "q_out", q_out)?;
-    let (&[.., kv_heads, head_dim], &[.., heads, qd]) = (kc.shape(), q.shape()) else {
+    let mut kv = writable::<N>(py, "kv_out", kv_out)?;
+    let (&[.., heads, head_dim], &[.., two, kv_heads, kd]) = (q.shape(), kv.shape()) else {
         return Err(invalid(
             py,
-            "rope_store: caches and q_out need head dimensions".into(),
+            "rope: q_out must be [T, heads, head_dim] and kv_out [T, 2, kv_heads, head_dim]".into(),
         ));
     };
-    if qd != head_dim {
+    if two != 2 || kd != head_dim {
         return Err(invalid(
             py,
-            "rope_store: q_out and the caches disagree in head_dim".into(),
+            "rope: kv_out must be [T, 2, kv_heads, head_dim] with q_out's head_dim".into(),
         ));
     }
     let shape = crate::cpu_ops::RopeShape {
@@ -192,12 +185,52 @@ where
     let qkv = view(slice(py, "qkv", &qkv)?);
     let cos = view(slice(py, "cos", &cos)?);
     let sin = view(slice(py, "sin", &sin)?);
-    let kc = view_mut(slice_mut(py, "key_cache", &mut kc)?);
-    let vc = view_mut(slice_mut(py, "value_cache", &mut vc)?);
     let q = view_mut(slice_mut(py, "q_out", &mut q)?);
-    detach(py, || {
-        crate::cpu_ops::rope_store(shape, qkv, cos, sin, slots, kc, vc, q)
-    })
+    let kv = view_mut(slice_mut(py, "kv_out", &mut kv)?);
+    detach(py, || crate::cpu_ops::rope(shape, qkv, cos, sin, q, kv))
+}
+
+/// Each token's key and value (`kv` [T, 2, Hkv, D]) into its slot (`slots` [T] int64) of
+/// the tiled caches (see `kv_layout`). float32 or bfloat16 (as uint16), C-contiguous.
+/// Runs without the GIL.
+#[pyfunction]
+fn store_kv(
+    py: Python<'_>,
+    kv: &Bound<'_, PyAny>,
+    slots: PyReadonlyArray1<'_, i64>,
+    key_cache: &Bound<'_, PyAny>,
+    value_cache: &Bound<'_, PyAny>,
+    dtype: &str,
+) -> PyResult<()> {
+    let slots = slots
+        .as_slice()
+        .map_err(|_| invalid(py, "slots must be C-contiguous".into()))?;
+    match dtype {
+        "float32" => store_as::<f32>(py, kv, slots, key_cache, value_cache),
+        "bfloat16" => store_as::<u16>(py, kv, slots, key_cache, value_cache),
+        other => Err(invalid(
+            py,
+            format!("store_kv: dtype must be float32 or bfloat16, got {other:?}"),
+        )),
+    }
+}
+
+fn store_as<N: numpy::Element + Copy + Send + Sync>(
+    py: Python<'_>,
+    kv: &Bound<'_, PyAny>,
+    slots: &[i64],
+    key_cache: &Bound<'_, PyAny>,
+    value_cache: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let kv = readonly::<N>(py, "kv", kv)?;
+    let mut kc = writable::<N>(py, "key_cache", key_cache)?;
+    let mut vc = writable::<N>(py, "value_cache", value_cache)?;
+    let [_, kv_heads, pairs, block_size, _] = tiled_dims(py, "store_kv", kc.shape(), vc.shape())?;
+    let layout = Tiled::new(block_size, kv_heads, 2 * pairs).map_err(|e| to_pyerr(py, e))?;
+    let kv = slice(py, "kv", &kv)?;
+    let kc = slice_mut(py, "key_cache", &mut kc)?;
+    let vc = slice_mut(py, "value_cache", &mut vc)?;
+    detach(py, || layout.store(kv, slots, kc, vc))
 }
 
 /// `out = x W^T (+ bias)` for one row `x` [1, K] in bfloat16 (uint16 bits): W [N, K],
@@ -302,7 +335,8 @@ fn kernel_runtime() -> &'static str {
 /// `out[s, h] = softmax(scale * query[s, h] . K^T) V` over each sequence's first
 /// `seq_lens[s]` cached positions (one decode token per sequence).
 ///
-/// query and out `[S, Hq, D]`, caches `[num_blocks, block_size, Hkv, D]`, all float32 or
+/// query and out `[S, Hq, D]`, caches tiled (`[num_blocks, Hkv, D / 2, block_size, 2]`
+/// and `[num_blocks, Hkv, block_size / 2, D, 2]`, see `kv_layout`), all float32 or
 /// all bfloat16 viewed as uint16 (`dtype` says which); block_tables `[S, max_blocks]` and
 /// seq_lens `[S]` int32. Every array must be C-contiguous. Runs without the GIL.
 #[pyfunction]
@@ -382,9 +416,10 @@ where
     let v = readonly::<N>(py, "value_cache", value_cache)?;
     let mut o = writable::<N>(py, "out", out)?;
     let [num_seqs, num_heads, head_dim] = dims::<3>(py, "query", q.shape())?;
-    let [num_blocks, block_size, num_kv_heads, kd] = dims::<4>(py, "key_cache", k.shape())?;
+    let [num_blocks, num_kv_heads, pairs, block_size, _] =
+        tiled_dims(py, "paged_decode_attention", k.shape(), v.shape())?;
     let [_, max_blocks] = dims::<2>(py, "block_tables", bt_shape)?;
-    if kd != head_dim || v.shape() != k.shape() || o.shape() != q.shape() {
+    if 2 * pairs != head_dim || o.shape() != q.shape() {
         return Err(invalid(
             py,
             "query/out and key/value caches disagree in shape".into(),
@@ -406,6 +441,31 @@ where
     detach(py, || {
         cpu_attention::paged_decode_attention(shape, qs, ks, vs, block_tables, seq_lens, scale, os)
     })
+}
+
+/// The dims of a tiled key cache `[blocks, kv_heads, head_dim / 2, block_size, 2]`,
+/// checked against its value cache `[blocks, kv_heads, block_size / 2, head_dim, 2]`.
+fn tiled_dims(
+    py: Python<'_>,
+    what: &str,
+    key_shape: &[usize],
+    value_shape: &[usize],
+) -> PyResult<[usize; 5]> {
+    let k = dims::<5>(py, "key_cache", key_shape)?;
+    let [blocks, heads, pairs, block_size, two] = k;
+    let v = [blocks, heads, block_size / 2, 2 * pairs, 2];
+    if two != 2 || !block_size.is_multiple_of(2) || value_shape != v {
+        return Err(invalid(
+            py,
+            format!(
+                "{what}: caches must be tiled: key [blocks, kv_heads, head_dim / 2, \
+                 block_size, 2] and value [blocks, kv_heads, block_size / 2, head_dim, 2], \
+                 got {:?} and {:?}",
+                key_shape, value_shape
+            ),
+        ));
+    }
+    Ok(k)
 }
 
 fn readonly<'py, N: numpy::Element>(

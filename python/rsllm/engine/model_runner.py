@@ -164,12 +164,14 @@ class ModelRunner:
             num_blocks or num_gpu_blocks, kv_cache_memory_bytes, gpu_memory_utilization
         )
         a = self.arch
-        shape = (self.num_blocks, block_size, a.num_key_value_heads, a.head_dim)
+        k_shape, v_shape = self.backend.layout.shapes(
+            self.num_blocks, block_size, a.num_key_value_heads, a.head_dim
+        )
         # Zeroed, not empty: masked-out slots still meet V in the attention matmul.
         self.kv_caches = [
             (
-                torch.zeros(shape, dtype=dtype, device=self.device),
-                torch.zeros(shape, dtype=dtype, device=self.device),
+                torch.zeros(k_shape, dtype=dtype, device=self.device),
+                torch.zeros(v_shape, dtype=dtype, device=self.device),
             )
             for _ in range(a.num_hidden_layers)
         ]

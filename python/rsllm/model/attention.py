@@ -17,10 +17,11 @@ Decodes (q_len 1) go through one batched SDPA with the query heads of a KV head 
 into rows (no K/V repeat for GQA); prefills through one padded SDPA over the requests
 that prefill this step.
 
-`CpuBackend` (the default on CPUs) is the reference with one change: decodes in float32
-or bfloat16 go to the Rust kernel `rsllm._core.paged_decode_attention`, which reads each
-sequence's keys and values once from their blocks instead of gathering them into a
-dense copy first (the gather moved the cache through memory three times per step).
+`CpuBackend` (the default on CPUs) is the reference with two changes: its caches are
+tiled (`kv_layout`), and decodes in float32 or bfloat16 go to the Rust kernel
+`rsllm._core.paged_decode_attention`, which reads each sequence's keys and values once
+from their tiles instead of gathering them into a dense copy first (the gather moved
+the cache through memory three times per step).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ import torch.nn.functional as F
 
 from rsllm import _core
 from rsllm.errors import InvalidRequestError
+from rsllm.model import cpu_ops
 from rsllm.model.cpu_ops import KERNEL_DTYPES, as_numpy, persistent_numpy
+from rsllm.model.kv_layout import PAGED, TILED, KVLayout
 
 
 def store_kv(
@@ -45,9 +48,7 @@ def store_kv(
     slot_mapping: torch.Tensor,
 ) -> None:
     """Write each token's K and V [T, Hkv, D] into its slot (block * block_size + offset)."""
-    _, _, hkv, d = key_cache.shape
-    key_cache.view(-1, hkv, d).index_copy_(0, slot_mapping, key.to(key_cache.dtype))
-    value_cache.view(-1, hkv, d).index_copy_(0, slot_mapping, value.to(value_cache.dtype))
+    PAGED.store(key, value, key_cache, value_cache, slot_mapping)
 
 
 @dataclass
@@ -149,11 +150,14 @@ def plan_reference(
     return ReferencePlan(num_tokens=num_tokens, decode=decode, prefill=prefill)
 
 
-def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+def _gather(
+    layout: KVLayout, cache: torch.Tensor, block_tables: torch.Tensor, values: bool
+) -> torch.Tensor:
     """[R, nb] block ids -> [R, Hkv, nb * block_size, D] (a strided view of one gather)."""
     r, nb = block_tables.shape
-    _, bs, hkv, d = cache.shape
-    return cache.index_select(0, block_tables.view(-1)).view(r, nb * bs, hkv, d).transpose(1, 2)
+    dense = layout.gather(cache, block_tables.view(-1), values)  # [R * nb, bs, Hkv, D]
+    _, bs, hkv, d = dense.shape
+    return dense.view(r, nb * bs, hkv, d).transpose(1, 2)
 
 
 # Below this many decodes one SDPA call is cheapest; above, SDPA's per-(request, head)
@@ -167,6 +171,7 @@ def _decode(
     value_cache: torch.Tensor,
     dp: _DecodePlan,
     scale: float,
+    layout: KVLayout,
 ) -> torch.Tensor:
     """One query per request: [R, Hq, D] -> [R, Hq, D].
 
@@ -178,10 +183,11 @@ def _decode(
     """
     r, hq, d = query.shape
     nb = dp.block_tables.shape[1]
-    _, bs, hkv, _ = key_cache.shape
+    bs, hkv, _ = layout.dims(key_cache)
     group = hq // hkv
     if r <= _SDPA_MAX_DECODES:
-        k, v = _gather(key_cache, dp.block_tables), _gather(value_cache, dp.block_tables)
+        k = _gather(layout, key_cache, dp.block_tables, values=False)
+        v = _gather(layout, value_cache, dp.block_tables, values=True)
         q = query.view(r, hkv, group, d)  # query heads of a KV head as rows: no K/V repeat
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=dp.mask, scale=scale)
         return out.reshape(r, hq, d)
@@ -196,8 +202,12 @@ def _decode(
         scratch = dp.scratch[query.dtype] = (bias, eye, kbuf, vbuf)
     bias, eye, kbuf, vbuf = scratch
     ids = dp.block_tables.view(-1)
-    k = torch.index_select(key_cache, 0, ids, out=kbuf).view(r, -1, hkv * d)  # [R, L, Hkv*D]
-    v = torch.index_select(value_cache, 0, ids, out=vbuf).view(r, -1, hkv * d)
+    if layout is PAGED:  # straight into the step's buffers
+        k = torch.index_select(key_cache, 0, ids, out=kbuf)
+        v = torch.index_select(value_cache, 0, ids, out=vbuf)
+    else:
+        k, v = layout.gather(key_cache, ids, False), layout.gather(value_cache, ids, True)
+    k, v = k.view(r, -1, hkv * d), v.view(r, -1, hkv * d)  # [R, L, Hkv*D]
     qb = (query.view(r, hkv, group, 1, d) * eye).view(r, hq, hkv * d)  # block-diagonal
     scores = torch.baddbmm(bias, qb, k.transpose(1, 2), alpha=scale)  # [R, Hq, L]
     o = torch.bmm(scores.softmax(dim=-1), v).view(r, hkv, group, hkv, d)
@@ -245,19 +255,21 @@ def attend_reference(
     plan: ReferencePlan,
     scale: float,
     use_kernel: bool = False,
+    layout: KVLayout = PAGED,
 ) -> torch.Tensor:
     """query [T, Hq, D] -> out [T, Hq, D] from the paged cache, following `plan`.
-    `use_kernel`: decodes go to `decode_kernel` where it supports the dtype."""
+    `use_kernel`: decodes go to `decode_kernel` where it supports the dtype (which reads
+    the tiled layout only)."""
     t, hq, d = query.shape
     if query.dtype != key_cache.dtype:
         query = query.to(key_cache.dtype)
     dp, pp = plan.decode, plan.prefill
 
     def decode(q: torch.Tensor, dp: _DecodePlan) -> torch.Tensor:
-        if use_kernel and kernel_supports(q, key_cache):
+        if use_kernel and layout is TILED and kernel_supports(q, key_cache):
             tables, lens = dp.kernel_tables, dp.kernel_seq_lens
             return decode_kernel(q, key_cache, value_cache, tables, lens, scale)
-        return _decode(q, key_cache, value_cache, dp, scale)
+        return _decode(q, key_cache, value_cache, dp, scale, layout)
 
     if dp is not None and pp is None and dp.rows is None:
         return decode(query, dp)
@@ -267,12 +279,12 @@ def attend_reference(
         out.index_copy_(0, dp.rows, decode(query.index_select(0, dp.rows), dp))
     if pp is not None and use_kernel and len(pp.spans) > 1 and _half_on_cpu(query):
         for r in range(len(pp.spans)):
-            _prefill_one(query, key_cache, value_cache, pp, r, scale, out)
+            _prefill_one(query, key_cache, value_cache, pp, r, scale, out, layout)
     elif pp is not None:
         rp, qmax = pp.rows.shape
         q = query[pp.rows].transpose(1, 2)  # [Rp, Hq, Qmax, D]
-        k = _gather(key_cache, pp.block_tables)[:, :, : pp.kv_len]
-        v = _gather(value_cache, pp.block_tables)[:, :, : pp.kv_len]
+        k = _gather(layout, key_cache, pp.block_tables, values=False)[:, :, : pp.kv_len]
+        v = _gather(layout, value_cache, pp.block_tables, values=True)[:, :, : pp.kv_len]
         if _use_matmul_prefill(q, k):
             o = _prefill_matmul(q, k, v, pp, scale)
         else:
@@ -296,18 +308,19 @@ def _prefill_one(
     r: int,
     scale: float,
     out: torch.Tensor,
+    layout: KVLayout,
 ) -> None:
     """Prefill request r of the plan alone, into its rows of `out`. The batched path pads
     every prefill of the step to the longest query and the longest context; with
     512-token steps on a CPU (a long prompt's chunk beside short prompts) that padding
     was most of the prefill attention's work (measured: 2.2 s of a 14 s run)."""
     start, ql, sl = pp.spans[r]
-    _, bs, hkv, d = key_cache.shape
+    bs, hkv, d = layout.dims(key_cache)
     hq = query.shape[1]
     group = hq // hkv
     ids = pp.block_tables[r, : -(-sl // bs)]
-    k = key_cache.index_select(0, ids).view(-1, hkv, d)[:sl].permute(1, 2, 0)  # [Hkv, D, L]
-    v = value_cache.index_select(0, ids).view(-1, hkv, d)[:sl].transpose(0, 1)  # [Hkv, L, D]
+    k = layout.gather(key_cache, ids, False).view(-1, hkv, d)[:sl].permute(1, 2, 0)  # [Hkv, D, L]
+    v = layout.gather(value_cache, ids, True).view(-1, hkv, d)[:sl].transpose(0, 1)  # [Hkv, L, D]
     q = query[start : start + ql].view(ql, hkv, group, d).permute(1, 2, 0, 3)
     q = q.reshape(hkv, group * ql, d)  # the query heads of a KV head as rows
     key = (q.dtype, -1 - r)
@@ -408,6 +421,7 @@ class AttentionMetadata:
 
 class AttentionBackend(Protocol):
     name: str
+    layout: KVLayout  # how `kv_cache_shapes` caches are laid out
 
     def build_metadata(
         self,
@@ -435,7 +449,11 @@ class AttentionBackend(Protocol):
         value_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
-    ) -> torch.Tensor: ...
+        new_kv: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`new_kv` [T, 2, Hkv, D]: the step's keys and values, not yet in the cache: the
+        backend stores them (at `meta.slot_mapping`) before it attends."""
+        ...
 
 
 def _base_metadata(
@@ -461,6 +479,7 @@ class TorchReferenceBackend:
     """The torch reference: runs everywhere."""
 
     name = "torch"
+    layout: KVLayout = PAGED
     use_kernel = False  # `attend_reference`'s switch to the Rust CPU kernels
 
     def build_metadata(
@@ -476,6 +495,28 @@ class TorchReferenceBackend:
         meta.plan = plan_reference(query_start_loc, seq_lens, block_tables, block_size, device)
         return meta
 
+    def attend(
+        self,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+        new_kv: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        assert meta.plan is not None, f"metadata was not built by {type(self).__name__}"
+        if new_kv is not None:
+            self.store_new(new_kv, key_cache, value_cache, meta)
+        return attend_reference(
+            query,
+            key_cache,
+            value_cache,
+            meta.plan,
+            scale,
+            use_kernel=self.use_kernel,
+            layout=self.layout,
+        )
+
     def store_kv(
         self,
         key: torch.Tensor,
@@ -484,32 +525,43 @@ class TorchReferenceBackend:
         value_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> None:
-        store_kv(key, value, key_cache, value_cache, meta.slot_mapping)
+        self.layout.store(key, value, key_cache, value_cache, meta.slot_mapping)
 
-    def attend(
+    def store_new(
         self,
-        query: torch.Tensor,
+        new_kv: torch.Tensor,
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         meta: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:
-        assert meta.plan is not None, f"metadata was not built by {type(self).__name__}"
-        return attend_reference(
-            query, key_cache, value_cache, meta.plan, scale, use_kernel=self.use_kernel
-        )
+    ) -> None:
+        self.store_kv(new_kv[:, 0], new_kv[:, 1], key_cache, value_cache, meta)
 
 
 class CpuBackend(TorchReferenceBackend):
-    """The CPU path: the reference, with decodes in the Rust kernel (`decode_kernel`) and
-    half-precision prefills one request at a time."""
+    """The CPU path: the reference on tiled caches, with decodes in the Rust kernel
+    (`decode_kernel`) and half-precision prefills one request at a time."""
 
     name = "cpu"
+    layout: KVLayout = TILED
     use_kernel = True
+
+    def store_new(
+        self,
+        new_kv: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> None:
+        if kernel_supports(new_kv, key_cache):  # one Rust pass, the lines asked for ahead
+            cpu_ops.store_kv(new_kv, meta.slot_mapping, key_cache, value_cache)
+        else:
+            super().store_new(new_kv, key_cache, value_cache, meta)
 
 
 class KernelBackend:
     """Any module with the kernel interface (`rsllm.kernels`: Triton on CUDA)."""
+
+    layout: KVLayout = PAGED
 
     def __init__(self, module: Any, name: str) -> None:
         self.kernels = module
@@ -543,7 +595,10 @@ class KernelBackend:
         value_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        new_kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if new_kv is not None:
+            self.store_kv(new_kv[:, 0], new_kv[:, 1], key_cache, value_cache, meta)
         return self.kernels.paged_attention(
             query,
             key_cache,

@@ -90,30 +90,32 @@ def fused_rope_supported(qkv: torch.Tensor, key_cache: torch.Tensor) -> bool:
     )
 
 
-def rope_store(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    num_heads: int,
-) -> torch.Tensor:
-    """Rope on q and k ([T, (Hq + 2 Hkv) * D] fused projections), K and V written to
-    their slots, in one pass; returns the rotated q [T, Hq, D]."""
-    t, d = qkv.shape[0], key_cache.shape[-1]
+def rope(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, num_kv_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rope on q and k of the fused projections [T, (Hq + 2 Hkv) * D] in one pass: the
+    rotated q [T, Hq, D] and the rotated k with v as [T, 2, Hkv, D] (what `store_kv` and
+    the decode kernel take)."""
+    t = qkv.shape[0]
+    d = qkv.shape[1] // (num_heads + 2 * num_kv_heads)
     q = qkv.new_empty(t, num_heads, d)
-    _core.rope_store(
-        as_numpy(qkv),
-        as_numpy(cos),
-        as_numpy(sin),
+    kv = qkv.new_empty(t, 2, num_kv_heads, d)
+    dtype = KERNEL_DTYPES[qkv.dtype]
+    _core.rope(as_numpy(qkv), as_numpy(cos), as_numpy(sin), as_numpy(q), as_numpy(kv), dtype)
+    return q, kv
+
+
+def store_kv(
+    kv: torch.Tensor, slot_mapping: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor
+) -> None:
+    """Each token's K and V (`kv` [T, 2, Hkv, D]) into its slot of the tiled caches."""
+    _core.store_kv(
+        as_numpy(kv.contiguous()),
         slot_mapping.numpy(),
         persistent_numpy(key_cache),
         persistent_numpy(value_cache),
-        as_numpy(q),
-        KERNEL_DTYPES[qkv.dtype],
+        KERNEL_DTYPES[kv.dtype],
     )
-    return q
 
 
 def linear_row_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -68,8 +68,9 @@ class LlamaAttention(nn.Module):
         self.eps = cfg.rms_norm_eps
         self.scale = d**-0.5
         self.backend = backend
-        # The cpu backend's rope + KV store in one Rust pass (q/k norm sits in between).
-        self.fused_rope_store = backend.name == "cpu" and not cfg.qk_norm
+        # The cpu backend's rope and q/k/v split in one Rust pass (q/k norm would sit in
+        # between).
+        self.fused_rope = backend.name == "cpu" and not cfg.qk_norm
 
     def finish_loading(self) -> None:
         if self.qk_norm:
@@ -90,17 +91,18 @@ class LlamaAttention(nn.Module):
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # [T, (Hq + 2Hkv) * D]
         key_cache, value_cache = kv_cache
-        if self.fused_rope_store and cpu_ops.fused_rope_supported(qkv, key_cache):
-            q = cpu_ops.rope_store(qkv, cos, sin, meta.slot_mapping, key_cache, value_cache, hq)
-        else:
-            qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
-            if self.qk_norm:
-                # q_norm and k_norm in one op: per-head RMSNorm, then each head's weight.
-                qk = F.rms_norm(qk, (d,), None, self.eps).mul_(self.qk_norm_weight)
-            qk = apply_rope(qk, cos, sin)  # [T, Hq + Hkv, D]
-            q, k = qk.split((hq, hkv), dim=1)
-            v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
-            self.backend.store_kv(k, v, key_cache, value_cache, meta)
+        if self.fused_rope and cpu_ops.fused_rope_supported(qkv, key_cache):
+            q, kv = cpu_ops.rope(qkv, cos, sin, hq, hkv)  # k and v: the backend stores them
+            out = self.backend.attend(q, key_cache, value_cache, meta, self.scale, new_kv=kv)
+            return self.o_proj(out.reshape(t, hq * d))
+        qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
+        if self.qk_norm:
+            # q_norm and k_norm in one op: per-head RMSNorm, then each head's weight.
+            qk = F.rms_norm(qk, (d,), None, self.eps).mul_(self.qk_norm_weight)
+        qk = apply_rope(qk, cos, sin)  # [T, Hq + Hkv, D]
+        q, k = qk.split((hq, hkv), dim=1)
+        v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
+        self.backend.store_kv(k, v, key_cache, value_cache, meta)
         out = self.backend.attend(q, key_cache, value_cache, meta, self.scale)  # [T, Hq, D]
         return self.o_proj(out.reshape(t, hq * d))
 
