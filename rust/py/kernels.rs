@@ -158,7 +158,7 @@ fn rope_as<N, E>(
 ) -> PyResult<()>
 where
     N: numpy::Element + Sync + Send,
-    E: cpu_attention::Elem,
+    E: cpu_attention::simd::Load16,
 {
     let qkv = readonly::<N>(py, "qkv", qkv)?;
     let cos = readonly::<N>(py, "cos", cos)?;

@@ -67,17 +67,19 @@ def rms_norm(
     """RMSNorm(x) * weight in one pass; with `residual`, `residual += x` first (in place)
     and the norm of the sum. Rows are the leading dimensions of x. Into `out` when given."""
     if out is None:
-        t = torch.empty_like(x)
-        out = Buffer(t, as_numpy(t))
+        result = torch.empty_like(x)
+        array = as_numpy(result)
+    else:
+        result, array = out.tensor, out.array
     _core.rms_norm(
         as_numpy(x),
         None if residual is None else as_numpy(residual),
         persistent_numpy(weight),
         eps,
-        out.array,
+        array,
         KERNEL_DTYPES[x.dtype],
     )
-    return out.tensor
+    return result
 
 
 def fused_rope_supported(qkv: torch.Tensor, key_cache: torch.Tensor) -> bool:
