@@ -2,8 +2,9 @@
 
 Prints ms per decode step at batch 1, 8 (context 128) and 64 (context 512) in float32 and
 bfloat16, prefill tokens/s for a 512-token prompt, the time of the model's matmuls alone
-at batch 64, and transformers' single-stream decode and 512-token prefill. Writes JSON to
-benches/results/model.json.
+at batch 64, the decode attention alone at batch 64 (and the K/V it reads per second,
+beside what torch's sum reads from memory in the same run), and transformers'
+single-stream decode and 512-token prefill. Writes JSON to benches/results/model.json.
 
     .venv/bin/python benches/model.py [--steps 20] [--threads N]
 """
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from rsllm.engine.model_runner import ModelRunner
+from rsllm.model.attention import decode_kernel
 from rsllm.model.layers import Linear
 from rsllm.model.loader import load_model
 from rsllm.sampling_params import SamplingParams
@@ -118,9 +120,11 @@ def bench_rsllm(loaded, dtype: torch.dtype, steps: int) -> dict:
             for r, tok in zip(reqs, out.sampled_token_ids.tolist(), strict=True):
                 r[2] += 1
                 r[1] = [tok]
+        res[f"decode_ms_b{num}_ctx{ctx}"] = 1000 * statistics.median(times[2:])
+        if num == 64 and runner.backend.name == "cpu":
+            res.update(attention_alone(runner, [r[3] for r in reqs], ctx, dtype))
         for i in range(num):
             runner.remove_request(f"d{i}")
-        res[f"decode_ms_b{num}_ctx{ctx}"] = 1000 * statistics.median(times[2:])
     # The model's matmuls alone at batch 64 (the same Linear modules, packed or not).
     linears = [m for m in runner.model.modules() if isinstance(m, Linear)]
     xs = [torch.randn(64, m.weight.shape[1], dtype=dtype) for m in linears]
@@ -133,6 +137,35 @@ def bench_rsllm(loaded, dtype: torch.dtype, steps: int) -> dict:
     res["matmuls_only_ms_b64"] = 1000 * timed(matmuls, 5)
     res["decode_b64_over_matmuls"] = res["decode_ms_b64_ctx512"] / res["matmuls_only_ms_b64"]
     return res
+
+
+def attention_alone(runner, tables: list[list[int]], ctx: int, dtype: torch.dtype) -> dict:
+    """The decode attention kernel alone over every layer's cache, for the batch's
+    block tables at context `ctx`: its time and the rate at which it reads K and V."""
+    k_cache = runner.kv_caches[0][0]
+    a = runner.arch
+    q = torch.randn(len(tables), a.num_attention_heads, a.head_dim).to(dtype)
+    bt = np.array([t[: ctx // BLOCK] for t in tables], np.int32)
+    lens = np.full(len(tables), ctx, np.int32)
+
+    def attend() -> None:
+        for k, v in runner.kv_caches:
+            decode_kernel(q, k, v, bt, lens, 0.125)
+
+    t = timed(attend, 5)
+    kv_bytes = 2 * len(tables) * ctx * a.num_key_value_heads * a.head_dim * k_cache.element_size()
+    return {
+        "attention_ms_b64": 1000 * t,
+        "attention_read_gb_s": kv_bytes * len(runner.kv_caches) / t / 1e9,
+    }
+
+
+def memory_read_gb_s() -> float:
+    """What torch's sum reads from memory per second over 1 GiB (best of 3): the
+    machine's bandwidth as the decode attention sees it, in this run."""
+    x = torch.ones(1 << 29, dtype=torch.bfloat16)
+    best = min(timed(lambda: x.sum(), 1) for _ in range(3))
+    return x.numel() * x.element_size() / best / 1e9
 
 
 def bench_transformers(loaded, dtype: torch.dtype, new_tokens: int) -> dict:
@@ -181,6 +214,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = load_model(None)
     results: dict = {"threads": args.threads, "load_avg_start": os.getloadavg()[0]}
+    results["memory_read_gb_s_start"] = memory_read_gb_s()
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         ours = bench_rsllm(loaded, dtype, args.steps)
         ref = bench_transformers(loaded, dtype, args.hf_tokens)
@@ -194,12 +228,14 @@ def main() -> None:
         speedup = ref["decode_ms_b1_ctx128"] / ours["decode_ms_b1_ctx128"]
         print(f"  single-stream decode: rsllm {tok_s:.1f} tok/s, {speedup:.2f}x transformers")
     results["load_avg_end"] = os.getloadavg()[0]
+    results["memory_read_gb_s_end"] = memory_read_gb_s()
     out = Path(__file__).parent / "results" / "model.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(
         f"load average {results['load_avg_start']:.1f} -> {results['load_avg_end']:.1f}; "
-        f"wrote {out}"
+        f"memory read {results['memory_read_gb_s_start']:.1f} -> "
+        f"{results['memory_read_gb_s_end']:.1f} GB/s; wrote {out}"
     )
 
 
