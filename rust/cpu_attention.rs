@@ -152,12 +152,6 @@ const WHOLE_SEQUENCES_PER_CPU: usize = 4;
 fn kv_heads_per_item(s: &DecodeShape) -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if std::env::var_os("RSLLM_PERHEAD").is_some() {
-        return 1;
-    }
-    if std::env::var_os("RSLLM_WHOLE").is_some() {
-        return s.num_kv_heads;
-    }
     if s.num_seqs >= WHOLE_SEQUENCES_PER_CPU * cpus {
         s.num_kv_heads
     } else {
