@@ -261,7 +261,8 @@ struct Scratch {
     q: Vec<f32>,        // [heads, D] scaled query in f32
     scores: Vec<f32>,   // [heads, stride]
     acc: Vec<f32>,      // [heads, D], or [heads, 2 D] position-pair partial sums (AVX-512)
-    probs: Vec<u16>,    // [heads, stride] bf16 probabilities
+    probs: Vec<u16>,    // [heads, stride] bf16 exp(score - max)
+    sums: Vec<f32>,     // [heads] the sums of those exps (bf16 kernel)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -372,21 +373,28 @@ fn attend_item<E: Elem + simd::Load16>(
             scratch.acc.resize(heads * d, 0.0);
             scratch.probs.clear();
             scratch.probs.resize(heads * stride, 0);
+            scratch.sums.clear();
             // SAFETY: as for `Avx512`, plus the CPU has AVX512-BF16 (`Kernel::select`).
             unsafe {
                 simd::bf16::scores(geo, qb, kb, blocks, scale, &mut scratch.scores);
                 for (row, bits) in scratch
                     .scores
-                    .chunks_mut(stride)
+                    .chunks(stride)
                     .zip(scratch.probs.chunks_mut(stride))
                 {
-                    simd::softmax(&mut row[..len]);
-                    simd::bf16::round(&row[..len], bits);
+                    scratch.sums.push(simd::bf16::exp_round(&row[..len], bits));
                 }
                 simd::bf16::weighted_sum(geo, &scratch.probs, vb, blocks, &mut scratch.acc);
             }
-            for (o, &a) in out.iter_mut().zip(&scratch.acc) {
-                *o = E::from_f32(a);
+            for ((o, a), &z) in out
+                .chunks_mut(d)
+                .zip(scratch.acc.chunks(d))
+                .zip(&scratch.sums)
+            {
+                let inv = 1.0 / z;
+                for (o, &a) in o.iter_mut().zip(a) {
+                    *o = E::from_f32(a * inv);
+                }
             }
         }
     }

@@ -4,10 +4,10 @@
 //! the query's pair broadcast adds that pair's products to 16 scores at once (f32
 //! accumulation, no widening of K, no reduction across lanes). Weighted sum: one vector
 //! of a value tile is 16 dims of a position pair, multiplied by the broadcast pair of
-//! their probabilities, which are rounded to bf16 for it as the torch bf16 path rounds
-//! its softmax output.
+//! their weights exp(score - max), rounded to bf16 for it as the torch bf16 path rounds
+//! its softmax output; the sum divides the result once at the end.
 
-use super::simd::{for_each_tile, TileAt, SCORE_HEADS};
+use super::simd::{exp, for_each_tile, TileAt, SCORE_HEADS};
 use crate::cpu_attention::{head_passes, Geom};
 use std::arch::x86_64::*;
 
@@ -85,22 +85,42 @@ unsafe fn score_tile<const P: usize, const H: usize>(k: *const u16, at: &TileAt<
     }
 }
 
-/// bits[i] = bf16(x[i]), rounded to nearest even.
+/// The softmax of one row of scores without its division: bits[i] = bf16(exp(x[i] -
+/// max x)), rounded to nearest even, and the sum of the exps (before rounding) returned,
+/// for the weighted sum to be divided by once per output instead of once per position.
+/// One pass after the max, no masked memory ops but for a short tail (they are slow on
+/// AMD).
 ///
 /// # Safety
-/// AVX-512F and AVX512-BF16; `bits.len() >= x.len()`.
+/// AVX-512F and AVX512-BF16; `bits.len() >= x.len() > 0`.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub unsafe fn round(x: &[f32], bits: &mut [u16]) {
+pub unsafe fn exp_round(x: &[f32], bits: &mut [u16]) -> f32 {
     let n = x.len();
-    let mut i = 0;
-    while i < n {
-        let m = (n - i).min(16);
-        let mask = if m == 16 { u16::MAX } else { (1u16 << m) - 1 };
-        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
-        let b = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
-        _mm256_mask_storeu_epi16(bits.as_mut_ptr().add(i).cast(), mask, b);
-        i += 16;
+    let full = n / 16 * 16;
+    let tail = ((1u32 << (n - full)) - 1) as u16;
+    let (p, b) = (x.as_ptr(), bits.as_mut_ptr());
+    let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
+    for i in (0..full).step_by(16) {
+        mv = _mm512_max_ps(mv, _mm512_loadu_ps(p.add(i)));
     }
+    if tail != 0 {
+        mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(mv, tail, p.add(full)));
+    }
+    let m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+    let rounded = |e: __m512| std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(e));
+    let mut sv = _mm512_setzero_ps();
+    for i in (0..full).step_by(16) {
+        let e = exp(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m));
+        sv = _mm512_add_ps(sv, e);
+        _mm256_storeu_si256(b.add(i).cast(), rounded(e));
+    }
+    if tail != 0 {
+        let v = _mm512_maskz_loadu_ps(tail, p.add(full));
+        let e = _mm512_maskz_mov_ps(tail, exp(_mm512_sub_ps(v, m)));
+        sv = _mm512_add_ps(sv, e);
+        _mm256_mask_storeu_epi16(b.add(full).cast(), tail, rounded(e));
+    }
+    _mm512_reduce_add_ps(sv)
 }
 
 /// acc[h] += sum_t p[h, t] V_t for the item's heads; p is bf16 bits [heads, stride],
