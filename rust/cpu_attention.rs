@@ -201,18 +201,14 @@ pub fn paged_decode_attention<E: Elem + simd::Load16>(
                 .map(|&b| layout.tile(b as usize, first_kv)),
         );
         let geo = Geom {
+            layout,
             n_kv,
             group,
             len,
-            stride: len.div_ceil(2) * 2,
-            block_size: s.block_size,
-            head_dim: s.head_dim,
-            tile: layout.tile_len(),
         };
         let q = &query[item * item_len..(item + 1) * item_len];
         attend_item(
             kernel,
-            &layout,
             &geo,
             q,
             key_cache,
@@ -229,29 +225,35 @@ pub fn paged_decode_attention<E: Elem + simd::Load16>(
 /// The geometry of one work item; its tiles are in `Scratch::blocks`.
 #[derive(Clone, Copy, Debug)]
 pub struct Geom {
+    pub layout: Tiled,
     /// KV heads in the item (their tiles follow one another in each block).
     pub n_kv: usize,
     /// Query heads per KV head.
     pub group: usize,
     /// Positions attended to.
     pub len: usize,
-    /// Row length of the per-head scores: `len` rounded up to even, zero-padded, so
-    /// that positions can be taken in pairs.
-    pub stride: usize,
-    pub block_size: usize,
-    pub head_dim: usize,
-    /// Values per (block, KV head) tile.
-    pub tile: usize,
 }
 
 impl Geom {
+    /// Row length of the per-head scores: `len` rounded up to even, zero-padded, so that
+    /// positions can be taken in pairs.
+    pub fn stride(&self) -> usize {
+        self.len.div_ceil(2) * 2
+    }
+
+    /// Values per (block, KV head) tile.
+    pub fn tile(&self) -> usize {
+        self.layout.tile_len()
+    }
+
     pub fn heads(&self) -> usize {
         self.n_kv * self.group
     }
 
     /// Positions of the item in its `b`-th block.
     pub fn in_block(&self, b: usize) -> usize {
-        self.block_size.min(self.len - b * self.block_size)
+        let bs = self.layout.block_size;
+        bs.min(self.len - b * bs)
     }
 }
 
@@ -298,7 +300,6 @@ impl Kernel {
 #[allow(clippy::too_many_arguments)]
 fn attend_item<E: Elem + simd::Load16>(
     kernel: Kernel,
-    layout: &Tiled,
     geo: &Geom,
     q: &[E],
     key_cache: &[E],
@@ -307,7 +308,7 @@ fn attend_item<E: Elem + simd::Load16>(
     scratch: &mut Scratch,
     out: &mut [E],
 ) {
-    let (d, len, stride, heads) = (geo.head_dim, geo.len, geo.stride, geo.heads());
+    let (d, len, stride, heads) = (geo.layout.head_dim, geo.len, geo.stride(), geo.heads());
     let blocks = &scratch.blocks;
     // The f32 kernels take the query scaled and widened; the bf16 one reads it as is.
     let scaled_q = |buf: &mut Vec<f32>| {
@@ -321,25 +322,11 @@ fn attend_item<E: Elem + simd::Load16>(
         Kernel::Portable => {
             scratch.acc.resize(heads * d, 0.0);
             scaled_q(&mut scratch.q);
-            portable::scores(
-                layout,
-                geo,
-                &scratch.q,
-                key_cache,
-                blocks,
-                &mut scratch.scores,
-            );
+            portable::scores(geo, &scratch.q, key_cache, blocks, &mut scratch.scores);
             for row in scratch.scores.chunks_mut(stride) {
                 portable::softmax(&mut row[..len]);
             }
-            portable::weighted_sum(
-                layout,
-                geo,
-                &scratch.scores,
-                value_cache,
-                blocks,
-                &mut scratch.acc,
-            );
+            portable::weighted_sum(geo, &scratch.scores, value_cache, blocks, &mut scratch.acc);
             for (o, &a) in out.iter_mut().zip(&scratch.acc) {
                 *o = E::from_f32(a);
             }
@@ -411,25 +398,19 @@ pub(crate) fn head_passes(heads: usize, per: usize) -> impl Iterator<Item = (usi
 /// Plain loops: any head size, any CPU; also the reference the SIMD path is tested against.
 mod portable {
     use super::{Elem, Geom};
-    use crate::kv_layout::Tiled;
 
-    pub fn scores<E: Elem>(
-        l: &Tiled,
-        geo: &Geom,
-        q: &[f32],
-        k: &[E],
-        blocks: &[usize],
-        out: &mut [f32],
-    ) {
-        let d = geo.head_dim;
+    pub fn scores<E: Elem>(geo: &Geom, q: &[f32], k: &[E], blocks: &[usize], out: &mut [f32]) {
+        let d = geo.layout.head_dim;
         for (b, &first) in blocks.iter().enumerate() {
             for kv in 0..geo.n_kv {
-                let tile = &k[first + kv * geo.tile..][..geo.tile];
+                let tile = &k[first + kv * geo.tile()..][..geo.tile()];
                 for h in kv * geo.group..(kv + 1) * geo.group {
                     let qh = &q[h * d..(h + 1) * d];
                     for o in 0..geo.in_block(b) {
-                        let dot = (0..d).map(|i| qh[i] * tile[l.key(o, i)].to_f32()).sum();
-                        out[h * geo.stride + b * geo.block_size + o] = dot;
+                        let dot = (0..d)
+                            .map(|i| qh[i] * tile[geo.layout.key(o, i)].to_f32())
+                            .sum();
+                        out[h * geo.stride() + b * geo.layout.block_size + o] = dot;
                     }
                 }
             }
@@ -448,23 +429,22 @@ mod portable {
     }
 
     pub fn weighted_sum<E: Elem>(
-        l: &Tiled,
         geo: &Geom,
         p: &[f32],
         v: &[E],
         blocks: &[usize],
         acc: &mut [f32],
     ) {
-        let d = geo.head_dim;
+        let d = geo.layout.head_dim;
         for (b, &first) in blocks.iter().enumerate() {
             for kv in 0..geo.n_kv {
-                let tile = &v[first + kv * geo.tile..][..geo.tile];
+                let tile = &v[first + kv * geo.tile()..][..geo.tile()];
                 for h in kv * geo.group..(kv + 1) * geo.group {
                     let acc_h = &mut acc[h * d..(h + 1) * d];
                     for o in 0..geo.in_block(b) {
-                        let w = p[h * geo.stride + b * geo.block_size + o];
+                        let w = p[h * geo.stride() + b * geo.layout.block_size + o];
                         for (i, a) in acc_h.iter_mut().enumerate() {
-                            *a += w * tile[l.value(o, i)].to_f32();
+                            *a += w * tile[geo.layout.value(o, i)].to_f32();
                         }
                     }
                 }
@@ -484,6 +464,8 @@ pub mod simd {
         const IS_BF16: bool;
         /// The raw bf16 bits of a bf16 slice (None for other types).
         fn bits(x: &[Self]) -> Option<&[u16]>;
+        /// Mutable twin of `bits`.
+        fn bits_mut(x: &mut [Self]) -> Option<&mut [u16]>;
         /// # Safety
         /// `p` must point at 16 readable elements, and the CPU must have AVX-512F.
         #[cfg(target_arch = "x86_64")]
@@ -494,6 +476,9 @@ pub mod simd {
         const HAS_LOAD16: bool = true;
         const IS_BF16: bool = false;
         fn bits(_: &[Self]) -> Option<&[u16]> {
+            None
+        }
+        fn bits_mut(_: &mut [Self]) -> Option<&mut [u16]> {
             None
         }
         #[cfg(target_arch = "x86_64")]
@@ -510,6 +495,10 @@ pub mod simd {
         fn bits(x: &[Self]) -> Option<&[u16]> {
             // SAFETY: `Bf16` is `repr(transparent)` over `u16`.
             Some(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) })
+        }
+        fn bits_mut(x: &mut [Self]) -> Option<&mut [u16]> {
+            // SAFETY: as in `bits`; the borrow of `x` moves into the result.
+            Some(unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<u16>(), x.len()) })
         }
         #[cfg(target_arch = "x86_64")]
         #[inline]

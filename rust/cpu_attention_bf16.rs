@@ -37,7 +37,7 @@ pub unsafe fn scores(
     scale: f32,
     out: &mut [f32],
 ) {
-    let (d, bs) = (geo.head_dim, geo.block_size);
+    let (d, bs) = (geo.layout.head_dim, geo.layout.block_size);
     let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
     let sc = _mm512_set1_ps(scale);
     for_each_tile(k.as_ptr(), geo, blocks, |b, kv, tile| {
@@ -47,8 +47,8 @@ pub unsafe fn scores(
                 let h = kv * geo.group + h0;
                 let at = TileAt {
                     q: qp.add(h * d),
-                    out: op.add(h * geo.stride + b * bs + u),
-                    stride: geo.stride,
+                    out: op.add(h * geo.stride() + b * bs + u),
+                    stride: geo.stride(),
                     bs,
                     n: geo.in_block(b) - u,
                 };
@@ -130,7 +130,7 @@ pub unsafe fn exp_round(x: &[f32], bits: &mut [u16]) -> f32 {
 /// As `scores`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub unsafe fn weighted_sum(geo: &Geom, p: &[u16], v: &[u16], blocks: &[usize], acc: &mut [f32]) {
-    let (d, bs) = (geo.head_dim, geo.block_size);
+    let (d, bs) = (geo.layout.head_dim, geo.layout.block_size);
     let (pp, ap) = (p.as_ptr(), acc.as_mut_ptr());
     // Heads per pass: their accumulators (D / 16 vectors each) in 16 registers.
     let per = if d == 64 { 4 } else { 2 };
@@ -139,9 +139,9 @@ pub unsafe fn weighted_sum(geo: &Geom, p: &[u16], v: &[u16], blocks: &[usize], a
         for (h0, nh) in head_passes(geo.group, per) {
             let h = kv * geo.group + h0;
             let at = TileAt {
-                q: pp.add(h * geo.stride + b * bs),
+                q: pp.add(h * geo.stride() + b * bs),
                 out: ap.add(h * d),
-                stride: geo.stride,
+                stride: geo.stride(),
                 bs,
                 n: geo.in_block(b),
             };

@@ -167,13 +167,10 @@ fn items_through<E: Elem + simd::Load16>(
     let (k, v) = (conv(&c.key_cache), conv(&c.value_cache));
     let q = conv(&c.query[..s.num_heads * d]);
     let geo = Geom {
+        layout,
         n_kv,
         group,
         len,
-        stride: len.div_ceil(2) * 2,
-        block_size: s.block_size,
-        head_dim: d,
-        tile: layout.tile_len(),
     };
     let item_len = n_kv * group * d;
     let mut out = vec![E::from_f32(0.0); s.num_heads * d];
@@ -184,17 +181,7 @@ fn items_through<E: Elem + simd::Load16>(
             .map(|&b| layout.tile(b as usize, item * n_kv))
             .collect();
         let q_item = &q[item * item_len..(item + 1) * item_len];
-        attend_item(
-            kernel,
-            &layout,
-            &geo,
-            q_item,
-            &k,
-            &v,
-            0.125,
-            &mut scratch,
-            out_item,
-        );
+        attend_item(kernel, &geo, q_item, &k, &v, 0.125, &mut scratch, out_item);
     }
     out.iter().map(|x| x.to_f32()).collect()
 }

@@ -10,6 +10,7 @@
 
 use super::simd::Load16;
 use crate::cpu_attention::{head_passes, Geom};
+use crate::kv_layout::prefetch;
 use std::arch::x86_64::*;
 
 /// Blocks ahead that `for_each_tile` prefetches where the stream jumps.
@@ -23,7 +24,7 @@ const AHEAD: usize = 2;
 /// for a whole block held up the loads behind it.
 ///
 /// # Safety
-/// AVX-512F; every `blocks[b] + geo.n_kv * geo.tile` elements of type `E` are inside
+/// AVX-512F; every `blocks[b] + geo.n_kv * geo.tile()` elements of type `E` are inside
 /// the cache that `base` points at.
 #[inline(always)]
 pub unsafe fn for_each_tile<E>(
@@ -32,19 +33,13 @@ pub unsafe fn for_each_tile<E>(
     blocks: &[usize],
     mut f: impl FnMut(usize, usize, usize),
 ) {
-    let span = geo.n_kv * geo.tile;
-    let bytes = geo.tile * std::mem::size_of::<E>();
+    let span = geo.n_kv * geo.tile();
     let jumps = |j: usize| j == 0 || blocks[j - 1] + span != blocks[j];
-    let ask = |at: usize| {
-        let p = base.add(at).cast::<i8>();
-        for line in (0..bytes).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(p.add(line));
-        }
-    };
+    let ask = |at: usize| prefetch(base.add(at), geo.tile());
     for (j, &at) in blocks.iter().enumerate().take(AHEAD) {
         if jumps(j) {
             for kv in 0..geo.n_kv {
-                ask(at + kv * geo.tile);
+                ask(at + kv * geo.tile());
             }
         }
     }
@@ -53,9 +48,9 @@ pub unsafe fn for_each_tile<E>(
         let prefetch = ahead < blocks.len() && jumps(ahead);
         for kv in 0..geo.n_kv {
             if prefetch {
-                ask(blocks[ahead] + kv * geo.tile);
+                ask(blocks[ahead] + kv * geo.tile());
             }
-            f(b, kv, at + kv * geo.tile);
+            f(b, kv, at + kv * geo.tile());
         }
     }
 }
@@ -86,10 +81,10 @@ pub const SCORE_HEADS: usize = 4;
 ///
 /// # Safety
 /// As `for_each_tile`, with AVX-512F; head_dim 64 or 128, block_size a multiple of 16;
-/// out is [heads, geo.stride].
+/// out is [heads, geo.stride()].
 #[target_feature(enable = "avx512f")]
 pub unsafe fn scores<E: Load16>(geo: &Geom, q: &[f32], k: &[E], blocks: &[usize], out: &mut [f32]) {
-    let (d, bs) = (geo.head_dim, geo.block_size);
+    let (d, bs) = (geo.layout.head_dim, geo.layout.block_size);
     let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
     for_each_tile(k.as_ptr(), geo, blocks, |b, kv, tile| {
         for u in (0..geo.in_block(b)).step_by(16) {
@@ -99,8 +94,8 @@ pub unsafe fn scores<E: Load16>(geo: &Geom, q: &[f32], k: &[E], blocks: &[usize]
                 let h = kv * geo.group + h0;
                 let at = TileAt {
                     q: qp.add(h * d),
-                    out: op.add(h * geo.stride + b * bs + u),
-                    stride: geo.stride,
+                    out: op.add(h * geo.stride() + b * bs + u),
+                    stride: geo.stride(),
                     bs,
                     n,
                 };
@@ -244,7 +239,7 @@ const fn sum_heads(d: usize) -> usize {
 /// order of the value tiles (lane 2i + j: dim i of the even (j = 0) or odd position).
 ///
 /// # Safety
-/// As `scores`; p is [heads, geo.stride], zero-padded.
+/// As `scores`; p is [heads, geo.stride()], zero-padded.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn weighted_sum<E: Load16>(
     geo: &Geom,
@@ -253,16 +248,16 @@ pub unsafe fn weighted_sum<E: Load16>(
     blocks: &[usize],
     acc: &mut [f32],
 ) {
-    let (d, bs) = (geo.head_dim, geo.block_size);
+    let (d, bs) = (geo.layout.head_dim, geo.layout.block_size);
     let (pp, ap) = (p.as_ptr(), acc.as_mut_ptr());
     for_each_tile(v.as_ptr(), geo, blocks, |b, kv, tile| {
         let vt = v.as_ptr().add(tile);
         for (h0, nh) in head_passes(geo.group, sum_heads(d)) {
             let h = kv * geo.group + h0;
             let at = TileAt {
-                q: pp.add(h * geo.stride + b * bs),
+                q: pp.add(h * geo.stride() + b * bs),
                 out: ap.add(h * 2 * d),
-                stride: geo.stride,
+                stride: geo.stride(),
                 bs,
                 n: geo.in_block(b),
             };

@@ -1,6 +1,7 @@
 //! Small fused CPU ops for the model's hot path, where torch runs several kernels (and
 //! Python dispatches) for what is one pass over a few kilobytes per token.
 
+use crate::cpu_attention::simd::Load16;
 use crate::cpu_attention::Elem;
 use crate::error::CoreError;
 
@@ -15,37 +16,36 @@ fn invalid(msg: String) -> CoreError {
 /// RMSNorm of each row of `x` [rows, hidden] times `weight`, into `out`. With a
 /// residual, first `residual += x` (rounded to the element type, as a separate add
 /// would be) and the norm is taken of that sum. Computed in f32, rounded once.
-pub fn rms_norm<E: crate::cpu_attention::simd::Load16>(
+pub fn rms_norm<E: Load16>(
     x: &[E],
     residual: Option<&mut [E]>,
     weight: &[E],
     eps: f32,
     out: &mut [E],
 ) -> Result<(), CoreError> {
-    #[cfg(target_arch = "x86_64")]
-    if wide_vectors() {
-        let hidden = weight.len();
-        if E::IS_BF16
-            && hidden.is_multiple_of(16)
-            && x.len().is_multiple_of(hidden.max(1))
-            && out.len() == x.len()
-            && residual.as_ref().is_none_or(|r| r.len() == x.len())
-        {
-            // SAFETY: the CPU has AVX-512F/BW (`wide_vectors`); the lengths were checked;
-            // `IS_BF16` means E is `Bf16`, `repr(transparent)` over u16.
-            unsafe {
-                let bits = |v: &[E]| std::slice::from_raw_parts(v.as_ptr().cast::<u16>(), v.len());
-                let res = residual
-                    .map(|r| std::slice::from_raw_parts_mut(r.as_mut_ptr().cast::<u16>(), r.len()));
-                let o = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u16>(), out.len());
-                rms_norm_bf16_avx512(bits(x), res, bits(weight), eps, o);
-            }
-            return Ok(());
-        }
-        // SAFETY: the CPU has the features `rms_norm_avx512` is compiled for.
-        return unsafe { rms_norm_avx512(x, residual, weight, eps, out) };
+    let hidden = weight.len();
+    if hidden == 0 || !x.len().is_multiple_of(hidden) {
+        return Err(invalid(format!(
+            "{} values are not rows of the weight's {hidden}",
+            x.len()
+        )));
     }
-    rms_norm_body(x, residual, weight, eps, out)
+    if out.len() != x.len() || residual.as_ref().is_some_and(|r| r.len() != x.len()) {
+        return Err(invalid(
+            "x, residual and out must have the same shape".into(),
+        ));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if E::IS_BF16 && hidden.is_multiple_of(16) && wide_vectors() {
+        let (Some(xb), Some(wb), Some(ob)) = (E::bits(x), E::bits(weight), E::bits_mut(out)) else {
+            unreachable!("bf16 elements have bf16 bits");
+        };
+        // SAFETY: the CPU has AVX-512F/BW (`wide_vectors`); the lengths were checked.
+        unsafe { rms_norm_bf16_avx512(xb, residual.and_then(E::bits_mut), wb, eps, ob) };
+        return Ok(());
+    }
+    rms_norm_rows(x, residual, weight, eps, out);
+    Ok(())
 }
 
 /// bf16 bits of 16 floats, rounded to nearest even (NaN to the quiet NaN), as `Bf16::from_f32`.
@@ -62,13 +62,12 @@ unsafe fn round_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i
     _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(rounded))
 }
 
+/// 16 bf16 values (as bits) widened to f32.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f")]
 unsafe fn widen_bf16(p: *const u16) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let raw = _mm256_loadu_si256(p.cast());
-    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+    crate::cpu_attention::Bf16::load16(p.cast())
 }
 
 /// `rms_norm` on bf16 rows of a multiple of 16 values, 16 at a time (the generic loop
@@ -95,9 +94,8 @@ unsafe fn rms_norm_bf16_avx512(
             let mut v = widen_bf16(xr.as_ptr().add(i));
             if let Some(res) = residual.as_deref_mut() {
                 let p = res.as_mut_ptr().add(r * hidden + i);
-                let sum = round_bf16(_mm512_add_ps(widen_bf16(p), v));
-                _mm256_storeu_si256(p.cast(), sum);
-                v = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(sum)));
+                _mm256_storeu_si256(p.cast(), round_bf16(_mm512_add_ps(widen_bf16(p), v)));
+                v = widen_bf16(p); // the sum as rounded, as a separate add would leave it
             }
             _mm512_storeu_ps(row.as_mut_ptr().add(i), v);
             sq = _mm512_fmadd_ps(v, v, sq);
@@ -112,8 +110,7 @@ unsafe fn rms_norm_bf16_avx512(
     }
 }
 
-/// Whether this CPU runs the AVX-512 builds of these loops (the baseline x86-64 target
-/// vectorises them 4 floats wide, and its bf16 packing poorly).
+/// Whether this CPU runs the AVX-512 loops (AVX-512F/BW/VL).
 #[cfg(target_arch = "x86_64")]
 fn wide_vectors() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
@@ -121,38 +118,15 @@ fn wide_vectors() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn rms_norm_avx512<E: Elem>(
+/// `rms_norm` in plain loops (any element type, any CPU), on checked lengths.
+fn rms_norm_rows<E: Elem>(
     x: &[E],
     residual: Option<&mut [E]>,
     weight: &[E],
     eps: f32,
     out: &mut [E],
-) -> Result<(), CoreError> {
-    rms_norm_body(x, residual, weight, eps, out)
-}
-
-#[inline(always)]
-fn rms_norm_body<E: Elem>(
-    x: &[E],
-    residual: Option<&mut [E]>,
-    weight: &[E],
-    eps: f32,
-    out: &mut [E],
-) -> Result<(), CoreError> {
+) {
     let hidden = weight.len();
-    if hidden == 0 || !x.len().is_multiple_of(hidden) {
-        return Err(invalid(format!(
-            "{} values are not rows of the weight's {hidden}",
-            x.len()
-        )));
-    }
-    if out.len() != x.len() || residual.as_ref().is_some_and(|r| r.len() != x.len()) {
-        return Err(invalid(
-            "x, residual and out must have the same shape".into(),
-        ));
-    }
     let w: Vec<f32> = weight.iter().map(|v| v.to_f32()).collect();
     let mut row = vec![0f32; hidden];
     let norm_row = |src: &[f32], dst: &mut [E]| {
@@ -192,7 +166,6 @@ fn rms_norm_body<E: Elem>(
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -281,46 +254,18 @@ pub struct RopeShape {
 
 /// Rotate q and k of each token (neox rope: `x * cos + swap_halves(x) * sin`, with `sin`
 /// already signed `[-sin, sin]`) and split the fused projections: q to `q_out`
-/// [T, heads, D], rotated k and v to `kv_out` [T, 2, kv_heads, D] (what
-/// `Tiled::store` and the decode attention take). `qkv` is [T, (heads + 2 kv_heads) * D];
-/// `cos`/`sin` [T, D]. Replaces ~6 torch ops per layer (rope, split, copies).
-pub fn rope<E: crate::cpu_attention::simd::Load16>(
+/// [T, heads, D], the rotated k to `k_out` and v to `v_out` [T, kv_heads, D] (what
+/// `Tiled::store` takes). `qkv` is [T, (heads + 2 kv_heads) * D]; `cos`/`sin` [T, D].
+/// Replaces ~6 torch ops per layer (rope, split, copies).
+#[allow(clippy::too_many_arguments)]
+pub fn rope<E: Load16>(
     shape: RopeShape,
     qkv: &[E],
     cos: &[E],
     sin: &[E],
     q_out: &mut [E],
-    kv_out: &mut [E],
-) -> Result<(), CoreError> {
-    #[cfg(target_arch = "x86_64")]
-    if wide_vectors() {
-        // SAFETY: the CPU has the features `rope_avx512` is compiled for.
-        return unsafe { rope_avx512(shape, qkv, cos, sin, q_out, kv_out) };
-    }
-    rope_body(shape, qkv, cos, sin, q_out, kv_out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn rope_avx512<E: crate::cpu_attention::simd::Load16>(
-    shape: RopeShape,
-    qkv: &[E],
-    cos: &[E],
-    sin: &[E],
-    q_out: &mut [E],
-    kv_out: &mut [E],
-) -> Result<(), CoreError> {
-    rope_body(shape, qkv, cos, sin, q_out, kv_out)
-}
-
-#[inline(always)]
-fn rope_body<E: crate::cpu_attention::simd::Load16>(
-    shape: RopeShape,
-    qkv: &[E],
-    cos: &[E],
-    sin: &[E],
-    q_out: &mut [E],
-    kv_out: &mut [E],
+    k_out: &mut [E],
+    v_out: &mut [E],
 ) -> Result<(), CoreError> {
     let RopeShape {
         heads,
@@ -340,29 +285,22 @@ fn rope_body<E: crate::cpu_attention::simd::Load16>(
             "qkv must be [T, (heads + 2 kv_heads) * head_dim] and cos, sin [T, head_dim]".into(),
         ));
     }
-    if q_out.len() != t * heads * d || kv_out.len() != t * 2 * kv_heads * d {
+    let kv_len = t * kv_heads * d;
+    if q_out.len() != t * heads * d || k_out.len() != kv_len || v_out.len() != kv_len {
         return Err(bad(
-            "q_out must be [T, heads, head_dim] and kv_out [T, 2, kv_heads, head_dim]".into(),
+            "q_out must be [T, heads, head_dim], k_out and v_out [T, kv_heads, head_dim]".into(),
         ));
     }
     let half = d / 2;
     #[cfg(target_arch = "x86_64")]
     if E::IS_BF16 && half.is_multiple_of(16) && wide_vectors() {
-        // SAFETY: the CPU has AVX-512F/BW (`wide_vectors`); the lengths were checked;
-        // `IS_BF16` means E is `Bf16`, `repr(transparent)` over u16.
-        unsafe {
-            let bits = |v: &[E]| std::slice::from_raw_parts(v.as_ptr().cast::<u16>(), v.len());
-            let bits_mut =
-                |v: &mut [E]| std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u16>(), v.len());
-            rope_bf16_avx512(
-                shape,
-                bits(qkv),
-                bits(cos),
-                bits(sin),
-                bits_mut(q_out),
-                bits_mut(kv_out),
-            );
-        }
+        let bits = (E::bits(qkv), E::bits(cos), E::bits(sin));
+        let outs = (E::bits_mut(q_out), E::bits_mut(k_out), E::bits_mut(v_out));
+        let ((Some(qkv), Some(cos), Some(sin)), (Some(q), Some(k), Some(v))) = (bits, outs) else {
+            unreachable!("bf16 elements have bf16 bits");
+        };
+        // SAFETY: the CPU has AVX-512F/BW (`wide_vectors`); the lengths were checked.
+        unsafe { rope_bf16_avx512(shape, qkv, cos, sin, q, k, v) };
         return Ok(());
     }
     // Each half of the output in its own loop, so that both vectorise.
@@ -376,20 +314,20 @@ fn rope_body<E: crate::cpu_attention::simd::Load16>(
             o2[i] = E::from_f32(x2[i].to_f32() * c2[i].to_f32() + x1[i].to_f32() * s2[i].to_f32());
         }
     };
-    for (tok, ((row, q_row), kv_row)) in qkv
+    let rows = qkv
         .chunks_exact(width)
-        .zip(q_out.chunks_exact_mut(heads * d))
-        .zip(kv_out.chunks_exact_mut(2 * kv_heads * d))
-        .enumerate()
-    {
+        .zip(q_out.chunks_exact_mut(heads * d));
+    let kv_rows = k_out
+        .chunks_exact_mut(kv_heads * d)
+        .zip(v_out.chunks_exact_mut(kv_heads * d));
+    for (tok, ((row, q_row), (k_row, v_row))) in rows.zip(kv_rows).enumerate() {
         let (c, s) = (&cos[tok * d..(tok + 1) * d], &sin[tok * d..(tok + 1) * d]);
         let (qk, v) = row.split_at((heads + kv_heads) * d);
-        let (k_out, v_out) = kv_row.split_at_mut(kv_heads * d);
-        let outs = q_row.chunks_exact_mut(d).chain(k_out.chunks_exact_mut(d));
+        let outs = q_row.chunks_exact_mut(d).chain(k_row.chunks_exact_mut(d));
         for (x, out) in qk.chunks_exact(d).zip(outs) {
             rotate(x, c, s, out);
         }
-        v_out.copy_from_slice(v);
+        v_row.copy_from_slice(v);
     }
     Ok(())
 }
@@ -404,7 +342,8 @@ unsafe fn rope_bf16_avx512(
     cos: &[u16],
     sin: &[u16],
     q_out: &mut [u16],
-    kv_out: &mut [u16],
+    k_out: &mut [u16],
+    v_out: &mut [u16],
 ) {
     use std::arch::x86_64::*;
     let RopeShape {
@@ -413,16 +352,16 @@ unsafe fn rope_bf16_avx512(
         head_dim: d,
     } = shape;
     let (half, width) = (d / 2, (heads + 2 * kv_heads) * d);
-    for (tok, ((row, q_row), kv_row)) in qkv
+    let rows = qkv
         .chunks_exact(width)
-        .zip(q_out.chunks_exact_mut(heads * d))
-        .zip(kv_out.chunks_exact_mut(2 * kv_heads * d))
-        .enumerate()
-    {
+        .zip(q_out.chunks_exact_mut(heads * d));
+    let kv_rows = k_out
+        .chunks_exact_mut(kv_heads * d)
+        .zip(v_out.chunks_exact_mut(kv_heads * d));
+    for (tok, ((row, q_row), (k_row, v_row))) in rows.zip(kv_rows).enumerate() {
         let (c, s) = (cos.as_ptr().add(tok * d), sin.as_ptr().add(tok * d));
         let (qk, v) = row.split_at((heads + kv_heads) * d);
-        let (k_out, v_out) = kv_row.split_at_mut(kv_heads * d);
-        let outs = q_row.chunks_exact_mut(d).chain(k_out.chunks_exact_mut(d));
+        let outs = q_row.chunks_exact_mut(d).chain(k_row.chunks_exact_mut(d));
         for (x, out) in qk.chunks_exact(d).zip(outs) {
             let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
             for i in (0..half).step_by(16) {
@@ -435,7 +374,7 @@ unsafe fn rope_bf16_avx512(
                 _mm256_storeu_si256(op.add(half + i).cast(), round_bf16(o2));
             }
         }
-        v_out.copy_from_slice(v);
+        v_row.copy_from_slice(v);
     }
 }
 
@@ -454,21 +393,22 @@ mod rope_tests {
         let qkv: Vec<f32> = (0..32).map(|i| i as f32).collect();
         let cos = vec![1.0, 0.5, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0];
         let sin = vec![0.0, -2.0, 0.0, 2.0, 1.0, 1.0, 1.0, 1.0];
-        let (mut q, mut kv) = (vec![0f32; 16], vec![0f32; 16]);
-        rope(shape, &qkv, &cos, &sin, &mut q, &mut kv).expect("valid");
+        let (mut q, mut k, mut v) = (vec![0f32; 16], vec![0f32; 8], vec![0f32; 8]);
+        rope(shape, &qkv, &cos, &sin, &mut q, &mut k, &mut v).expect("valid");
         // token 0, head 0: x = [0 1 2 3], swapped [2 3 0 1]
         assert_eq!(&q[..4], &[0.0, 0.5 - 6.0, 2.0, 1.5 + 2.0]);
         // token 1 (cos 0, sin 1): the swapped halves
         assert_eq!(&q[8..12], &[18.0, 19.0, 16.0, 17.0]);
-        assert_eq!(&kv[..4], &[8.0, 4.5 - 22.0, 10.0, 5.5 + 18.0]); // token 0's k
-        assert_eq!(&kv[4..8], &[12.0, 13.0, 14.0, 15.0]); // and its v, as it was
-        assert_eq!(&kv[8..12], &[26.0, 27.0, 24.0, 25.0]); // token 1's k
-        assert_eq!(&kv[12..], &[28.0, 29.0, 30.0, 31.0]);
+        assert_eq!(&k[..4], &[8.0, 4.5 - 22.0, 10.0, 5.5 + 18.0]); // token 0's k
+        assert_eq!(&v[..4], &[12.0, 13.0, 14.0, 15.0]); // and its v, as it was
+        assert_eq!(&k[4..], &[26.0, 27.0, 24.0, 25.0]); // token 1's k
+        assert_eq!(&v[4..], &[28.0, 29.0, 30.0, 31.0]);
     }
 
     #[test]
     fn bf16_equals_the_f32_rope_rounded_once() {
         use crate::cpu_attention::Bf16;
+        type Out<E> = (Vec<E>, Vec<E>, Vec<E>);
         let shape = RopeShape {
             heads: 3,
             kv_heads: 1,
@@ -484,13 +424,16 @@ mod rope_tests {
         let bf = |v: &[f32]| v.iter().map(|&x| Bf16::from_f32(x)).collect::<Vec<_>>();
         let back = |v: &[Bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
         let (qkv_b, cos_b, sin_b) = (bf(&qkv), bf(&cos), bf(&sin));
-        let (mut q, mut kv) = (vec![0f32; t * 3 * 64], vec![0f32; t * 2 * 64]);
+        let (mut q, mut k, mut v): Out<f32> =
+            (vec![0.0; t * 3 * 64], vec![0.0; t * 64], vec![0.0; t * 64]);
         let (qkv_r, cos_r, sin_r) = (back(&qkv_b), back(&cos_b), back(&sin_b));
-        rope(shape, &qkv_r, &cos_r, &sin_r, &mut q, &mut kv).expect("valid");
-        let (mut qb, mut kvb) = (vec![Bf16(0); q.len()], vec![Bf16(0); kv.len()]);
-        rope(shape, &qkv_b, &cos_b, &sin_b, &mut qb, &mut kvb).expect("valid");
+        rope(shape, &qkv_r, &cos_r, &sin_r, &mut q, &mut k, &mut v).expect("valid");
+        let z = Bf16(0);
+        let (mut qb, mut kb, mut vb): Out<Bf16> =
+            (vec![z; q.len()], vec![z; k.len()], vec![z; v.len()]);
+        rope(shape, &qkv_b, &cos_b, &sin_b, &mut qb, &mut kb, &mut vb).expect("valid");
         assert_eq!(qb, bf(&q));
-        assert_eq!(kvb, bf(&kv));
+        assert_eq!((kb, vb), (bf(&k), bf(&v)));
     }
 
     #[test]
@@ -502,12 +445,12 @@ mod rope_tests {
         };
         let qkv = vec![0f32; 16];
         let (cos, sin) = (vec![0f32; 4], vec![0f32; 4]);
-        let (mut q, mut kv) = (vec![0f32; 8], vec![0f32; 8]);
-        assert!(rope(shape, &qkv, &cos, &sin, &mut q, &mut kv).is_ok());
-        assert!(rope(shape, &qkv[..15], &cos, &sin, &mut q, &mut kv).is_err());
-        assert!(rope(shape, &qkv, &cos[..3], &sin, &mut q, &mut kv).is_err());
-        assert!(rope(shape, &qkv, &cos, &sin, &mut q[..7], &mut kv).is_err());
-        assert!(rope(shape, &qkv, &cos, &sin, &mut q, &mut kv[..7]).is_err());
+        let (mut q, mut k, mut v) = (vec![0f32; 8], vec![0f32; 4], vec![0f32; 4]);
+        assert!(rope(shape, &qkv, &cos, &sin, &mut q, &mut k, &mut v).is_ok());
+        assert!(rope(shape, &qkv[..15], &cos, &sin, &mut q, &mut k, &mut v).is_err());
+        assert!(rope(shape, &qkv, &cos[..3], &sin, &mut q, &mut k, &mut v).is_err());
+        assert!(rope(shape, &qkv, &cos, &sin, &mut q[..7], &mut k, &mut v).is_err());
+        assert!(rope(shape, &qkv, &cos, &sin, &mut q, &mut k[..3], &mut v).is_err());
         let odd = RopeShape {
             head_dim: 3,
             ..shape
@@ -518,7 +461,8 @@ mod rope_tests {
             &cos[..3],
             &sin[..3],
             &mut q[..6],
-            &mut kv[..6]
+            &mut k[..3],
+            &mut v[..3]
         )
         .is_err());
     }
@@ -528,11 +472,7 @@ mod rope_tests {
 /// ties; the first NaN if a row has one, as torch's argmax), into `out` [rows]. Greedy
 /// sampling straight from bf16 logits: torch's bf16 argmax is 4x slower than its f32
 /// one, and converting the logits to f32 first costs a pass of its own.
-pub fn argmax_rows<E: crate::cpu_attention::simd::Load16>(
-    x: &[E],
-    row_len: usize,
-    out: &mut [i64],
-) -> Result<(), CoreError> {
+pub fn argmax_rows<E: Load16>(x: &[E], row_len: usize, out: &mut [i64]) -> Result<(), CoreError> {
     if row_len == 0 || x.len() != out.len() * row_len {
         return Err(CoreError::InvalidRequest(format!(
             "argmax: {} values are not {} rows of {row_len}",
@@ -576,7 +516,7 @@ fn argmax_portable<E: Elem>(row: &[E]) -> usize {
 /// None when the row holds a NaN (the caller's scalar scan then finds the first one).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn argmax_avx512<E: crate::cpu_attention::simd::Load16>(row: &[E]) -> Option<usize> {
+unsafe fn argmax_avx512<E: Load16>(row: &[E]) -> Option<usize> {
     use std::arch::x86_64::*;
     let n = row.len();
     let full = n / 16 * 16;
@@ -679,11 +619,7 @@ mod argmax_tests {
 /// `out[t] = silu(gate[t]) * up[t]` for each row t of `gate_up` [T, 2I] = [gate | up],
 /// into `out` [T, I]: the gated MLP's activation in one pass (torch: silu, then a
 /// multiply, each a pass and an allocation). Computed in f32, rounded once.
-pub fn silu_mul<E: crate::cpu_attention::simd::Load16>(
-    gate_up: &[E],
-    out: &mut [E],
-    inter: usize,
-) -> Result<(), CoreError> {
+pub fn silu_mul<E: Load16>(gate_up: &[E], out: &mut [E], inter: usize) -> Result<(), CoreError> {
     if inter == 0 || gate_up.len() != 2 * out.len() || !out.len().is_multiple_of(inter) {
         return Err(CoreError::InvalidRequest(format!(
             "silu_mul: gate_up of {} values does not match out of {} in rows of {inter}",
@@ -713,11 +649,7 @@ pub fn silu_mul<E: crate::cpu_attention::simd::Load16>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn silu_mul_avx512<E: crate::cpu_attention::simd::Load16>(
-    gate: &[E],
-    up: &[E],
-    out: &mut [E],
-) {
+unsafe fn silu_mul_avx512<E: Load16>(gate: &[E], up: &[E], out: &mut [E]) {
     use std::arch::x86_64::*;
     let n = out.len();
     let full = n / 16 * 16;

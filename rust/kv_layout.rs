@@ -69,21 +69,23 @@ impl Tiled {
     pub fn value(&self, t: usize, d: usize) -> usize {
         ((t / 2) * self.head_dim + d) * 2 + t % 2
     }
-    /// Write each token's key and value (`kv` [T, 2, kv_heads, head_dim]) into its slot
-    /// (block * block_size + position) of the caches.
+    /// Write each token's key and value (`keys`, `values` [T, kv_heads, head_dim]) into
+    /// its slot (block * block_size + position) of the caches.
     pub fn store<E: Copy>(
         &self,
-        kv: &[E],
+        keys: &[E],
+        values: &[E],
         slots: &[i64],
         key_cache: &mut [E],
         value_cache: &mut [E],
     ) -> Result<(), CoreError> {
         let bad = |msg: String| CoreError::InvalidRequest(format!("KV store: {msg}"));
-        let (d, row) = (self.head_dim, 2 * self.kv_heads * self.head_dim);
-        if kv.len() != slots.len() * row {
+        let (d, row) = (self.head_dim, self.kv_heads * self.head_dim);
+        if keys.len() != slots.len() * row || values.len() != keys.len() {
             return Err(bad(format!(
-                "{} values are not [{} tokens, 2, {}, {d}]",
-                kv.len(),
+                "{} keys and {} values are not [{} tokens, {}, {d}] each",
+                keys.len(),
+                values.len(),
                 slots.len(),
                 self.kv_heads
             )));
@@ -126,11 +128,11 @@ impl Tiled {
         for tok in 0..PREFETCH_AHEAD {
             ask(tok);
         }
-        for (tok, (&slot, token)) in slots.iter().zip(kv.chunks_exact(row)).enumerate() {
+        let tokens = keys.chunks_exact(row).zip(values.chunks_exact(row));
+        for (tok, (&slot, (k_row, v_row))) in slots.iter().zip(tokens).enumerate() {
             ask(tok + PREFETCH_AHEAD);
             let (block, pos) = place(slot);
-            let (keys, values) = token.split_at(row / 2);
-            for (kv, (k, v)) in keys.chunks_exact(d).zip(values.chunks_exact(d)).enumerate() {
+            for (kv, (k, v)) in k_row.chunks_exact(d).zip(v_row.chunks_exact(d)).enumerate() {
                 let tile = self.tile(block, kv);
                 for (i, &x) in k.iter().enumerate() {
                     key_cache[tile + self.key(pos, i)] = x;
@@ -148,9 +150,9 @@ impl Tiled {
 /// once and measured slower).
 const PREFETCH_AHEAD: usize = 2;
 
-/// Ask for the lines of `len` elements from `p`.
+/// Ask for the lines of `len` elements from `p` (into L1).
 #[cfg(target_arch = "x86_64")]
-fn prefetch<E>(p: *const E, len: usize) {
+pub(crate) fn prefetch<E>(p: *const E, len: usize) {
     for line in (0..len * std::mem::size_of::<E>()).step_by(64) {
         // SAFETY: a prefetch is a hint and cannot fault, wherever it points.
         unsafe {
@@ -194,10 +196,12 @@ mod tests {
     fn store_puts_each_token_in_its_slot() {
         let l = Tiled::new(2, 1, 4).expect("valid");
         // Two tokens [2, 1, 4]: keys 0..4 and 8..12, values 4..8 and 12..16.
-        let kv: Vec<f32> = (0..16).map(|i| i as f32).collect();
+        let keys = [0.0, 1.0, 2.0, 3.0, 8.0, 9.0, 10.0, 11.0];
+        let values = [4.0, 5.0, 6.0, 7.0, 12.0, 13.0, 14.0, 15.0];
         // Two blocks of two slots; a tile is 8 values.
         let (mut kc, mut vc) = (vec![-1f32; 16], vec![-1f32; 16]);
-        l.store(&kv, &[2, 1], &mut kc, &mut vc).expect("valid");
+        l.store(&keys, &values, &[2, 1], &mut kc, &mut vc)
+            .expect("valid");
         // Position 0 of block 1 (token 0): key dims (0, 1) at 8, 9 and (2, 3) at 12, 13
         // (after position 1's first pair); value dims at 8, 10, 12, 14.
         assert_eq!([kc[8], kc[9], kc[12], kc[13]], [0.0, 1.0, 2.0, 3.0]);
@@ -215,14 +219,14 @@ mod tests {
     #[test]
     fn store_checks_before_writing() {
         let l = Tiled::new(2, 1, 4).expect("valid");
-        let kv = vec![1f32; 8];
+        let (k, v) = (vec![1f32; 4], vec![1f32; 4]);
         let (mut kc, mut vc) = (vec![0f32; 16], vec![0f32; 16]);
         for slot in [4i64, -1] {
-            let err = l.store(&kv, &[slot], &mut kc, &mut vc);
+            let err = l.store(&k, &v, &[slot], &mut kc, &mut vc);
             assert!(matches!(err, Err(CoreError::InvalidRequest(m)) if m.contains("outside")));
         }
-        assert!(l.store(&kv[..7], &[0], &mut kc, &mut vc).is_err());
-        assert!(l.store(&kv, &[0], &mut kc[..12], &mut vc[..12]).is_err());
+        assert!(l.store(&k[..3], &v, &[0], &mut kc, &mut vc).is_err());
+        assert!(l.store(&k, &v, &[0], &mut kc[..12], &mut vc[..12]).is_err());
         assert!(kc.iter().chain(&vc).all(|&x| x == 0.0));
     }
 

@@ -216,8 +216,9 @@ def test_bfloat16_prefills_one_at_a_time_equal_the_padded_batch() -> None:
     "requests", [[(1, 40), (1, 17), (1, 1)], [(1, 40), (6, 21), (1, 3)]], ids=["decodes", "mixed"]
 )
 def test_new_keys_and_values_are_stored_before_they_are_attended_to(requests) -> None:
-    """`attend(new_kv=...)`: the cpu backend's Rust store into its tiles, then attention,
-    equals the torch reference's paged store then attention."""
+    """`store_kv` then `attend`: the cpu backend's Rust store into its tiles (contiguous
+    bf16 rows, as its rope makes them), then attention, equals the torch reference's
+    paged store then attention."""
     b = make_batch(requests, 3, 64, torch.bfloat16, torch.device("cpu"), seed=6, unowned=0.0)
     bs = b.key_cache.shape[1]
     slots = []
@@ -226,7 +227,7 @@ def test_new_keys_and_values_are_stored_before_they_are_attended_to(requests) ->
             slots.append(int(b.block_tables[r, pos // bs]) * bs + pos % bs)
     hkv, d = b.key_cache.shape[2:]
     gen = torch.Generator().manual_seed(7)
-    new_kv = torch.randn(len(slots), 2, hkv, d, generator=gen).bfloat16()
+    new_k, new_v = (torch.randn(len(slots), hkv, d, generator=gen).bfloat16() for _ in "kv")
     outs, caches = [], []
     for backend, batch in ((CpuBackend(), tiled(b)), (TorchReferenceBackend(), b)):
         meta = backend.build_metadata(
@@ -238,7 +239,8 @@ def test_new_keys_and_values_are_stored_before_they_are_attended_to(requests) ->
             torch.device("cpu"),
         )
         kc, vc = batch.key_cache.clone(), batch.value_cache.clone()
-        outs.append(backend.attend(batch.query, kc, vc, meta, b.scale, new_kv=new_kv).float())
+        backend.store_kv(new_k, new_v, kc, vc, meta)
+        outs.append(backend.attend(batch.query, kc, vc, meta, b.scale).float())
         caches.append((kc, vc))
     torch.testing.assert_close(outs[0], outs[1], atol=3e-2, rtol=2**-6)
     stored = tiled(dataclasses.replace(b, key_cache=caches[1][0], value_cache=caches[1][1]))

@@ -42,13 +42,13 @@ def test_rope_equals_torch_rope_and_split() -> None:
     angles = torch.rand(t, 1, d // 2, generator=torch.Generator().manual_seed(7)) * 6
     cos = torch.cat([angles.cos(), angles.cos()], -1).bfloat16()
     sin = torch.cat([-angles.sin(), angles.sin()], -1).bfloat16()
-    q, kv = cpu_ops.rope(qkv, cos, sin, hq, hkv)
-    assert q.shape == (t, hq, d) and kv.shape == (t, 2, hkv, d)
+    q, k, v = cpu_ops.rope(qkv, cos, sin, hq, hkv)
+    assert q.shape == (t, hq, d) and k.shape == v.shape == (t, hkv, d)
     # The torch path of LlamaAttention: rope on [q; k], v as it is.
     qk = apply_rope(qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d).float(), cos.float(), sin.float())
     torch.testing.assert_close(q.float(), qk[:, :hq], atol=1e-2, rtol=2**-7)
-    torch.testing.assert_close(kv[:, 0].float(), qk[:, hq:], atol=1e-2, rtol=2**-7)
-    assert torch.equal(kv[:, 1], qkv[:, (hq + hkv) * d :].view(t, hkv, d))  # bit for bit
+    torch.testing.assert_close(k.float(), qk[:, hq:], atol=1e-2, rtol=2**-7)
+    assert torch.equal(v, qkv[:, (hq + hkv) * d :].view(t, hkv, d))  # bit for bit
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -58,9 +58,9 @@ def test_store_kv_equals_the_torch_tiled_store(dtype: torch.dtype) -> None:
     slots = torch.tensor([17, 3, 40, 0, 9, 63, 16])
     k_shape, v_shape = TILED.shapes(4, 16, hkv, d)
     kc, vc = torch.zeros(k_shape, dtype=dtype), torch.zeros(v_shape, dtype=dtype)
-    cpu_ops.store_kv(kv, slots, kc, vc)
+    cpu_ops.store_kv(kv[:, 0].contiguous(), kv[:, 1].contiguous(), slots, kc, vc)
     ref_kc, ref_vc = torch.zeros_like(kc), torch.zeros_like(vc)
-    TILED.store(kv[:, 0], kv[:, 1], ref_kc, ref_vc, slots)
+    TILED.store(kv[:, 0], kv[:, 1], ref_kc, ref_vc, slots)  # strided views: torch's path
     assert torch.equal(kc, ref_kc) and torch.equal(vc, ref_vc)
     # ... which is the paged store, rearranged.
     paged = [torch.zeros(PAGED.shapes(4, 16, hkv, d)[0], dtype=dtype) for _ in "kv"]
@@ -71,30 +71,30 @@ def test_store_kv_equals_the_torch_tiled_store(dtype: torch.dtype) -> None:
 
 
 def test_store_kv_rejects_bad_slots_and_caches() -> None:
-    kv = bf16(1, 2, 1, 64, seed=9)
+    k, v = bf16(1, 1, 64, seed=9), bf16(1, 1, 64, seed=10)
     k_shape, v_shape = TILED.shapes(2, 16, 1, 64)
     kc, vc = torch.zeros(k_shape).bfloat16(), torch.zeros(v_shape).bfloat16()
     for slot in (32, -1):
         with pytest.raises(InvalidRequestError, match="outside the cache"):
-            cpu_ops.store_kv(kv, torch.tensor([slot]), kc, vc)
+            cpu_ops.store_kv(k, v, torch.tensor([slot]), kc, vc)
     assert (kc == 0).all() and (vc == 0).all()  # checked before anything is written
     paged = torch.zeros(PAGED.shapes(2, 16, 1, 64)[0]).bfloat16()
     with pytest.raises(InvalidRequestError, match="must be tiled"):
-        cpu_ops.store_kv(kv, torch.tensor([3]), kc, paged)
+        cpu_ops.store_kv(k, v, torch.tensor([3]), kc, paged)
     with pytest.raises(InvalidRequestError, match="tokens"):
-        cpu_ops.store_kv(kv, torch.tensor([3, 4]), kc, vc)
+        cpu_ops.store_kv(k, v, torch.tensor([3, 4]), kc, vc)
 
 
 def test_rope_rejects_mismatched_shapes() -> None:
     qkv = bf16(2, 4 * 64, seed=10)
     cos = sin = bf16(2, 64, seed=11)
-    q, kv = torch.empty(2, 2, 64).bfloat16(), torch.empty(2, 2, 1, 64).bfloat16()
-    _core.rope(*map(cpu_ops.as_numpy, (qkv, cos, sin, q, kv)), "bfloat16")
+    q, k, v = torch.empty(2, 2, 64).bfloat16(), *(torch.empty(2, 1, 64).bfloat16() for _ in "kv")
+    _core.rope(*map(cpu_ops.as_numpy, (qkv, cos, sin, q, k, v)), "bfloat16")
     with pytest.raises(InvalidRequestError, match="rope"):
-        _core.rope(*map(cpu_ops.as_numpy, (qkv, cos[:1], sin, q, kv)), "bfloat16")
-    with pytest.raises(InvalidRequestError, match="kv_out"):
-        bad = torch.empty(2, 3, 1, 64).bfloat16()
-        _core.rope(*map(cpu_ops.as_numpy, (qkv, cos, sin, q, bad)), "bfloat16")
+        _core.rope(*map(cpu_ops.as_numpy, (qkv, cos[:1], sin, q, k, v)), "bfloat16")
+    with pytest.raises(InvalidRequestError, match="v_out"):
+        bad = torch.empty(2, 3, 64).bfloat16()
+        _core.rope(*map(cpu_ops.as_numpy, (qkv, cos, sin, q, k, bad)), "bfloat16")
 
 
 def test_rms_norm_rejects_mismatched_shapes() -> None:

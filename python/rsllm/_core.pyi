@@ -60,11 +60,13 @@ def rope(
     cos: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     sin: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     q_out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
-    kv_out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    k_out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    v_out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     dtype: str,
 ) -> None: ...
 def store_kv(
-    kv: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    key: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    value: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     slots: npt.NDArray[np.int64],
     key_cache: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     value_cache: npt.NDArray[np.float32] | npt.NDArray[np.uint16],

@@ -28,6 +28,21 @@ fn invalid(py: Python<'_>, msg: String) -> PyErr {
     to_pyerr(py, CoreError::InvalidRequest(msg))
 }
 
+/// `$f::<N, E>(args.., view, view_mut)` for the element type that `dtype` names: f32,
+/// or bfloat16 as the uint16 numpy holds it (`N`), seen as `Bf16` (`E`).
+macro_rules! by_dtype {
+    ($py:expr, $what:literal, $dtype:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $dtype {
+            "float32" => $f::<f32, f32>($($arg,)* |x| x, |x| x),
+            "bfloat16" => $f::<u16, cpu_attention::Bf16>($($arg,)* as_bf16, as_bf16_mut),
+            other => Err(invalid(
+                $py,
+                format!(concat!($what, ": dtype must be float32 or bfloat16, got {:?}"), other),
+            )),
+        }
+    };
+}
+
 fn dims<const N: usize>(py: Python<'_>, name: &str, shape: &[usize]) -> PyResult<[usize; N]> {
     <[usize; N]>::try_from(shape).map_err(|_| {
         invalid(
@@ -51,23 +66,12 @@ fn rms_norm(
     out: &Bound<'_, PyAny>,
     dtype: &str,
 ) -> PyResult<()> {
-    match dtype {
-        "float32" => norm_as::<f32, f32>(py, x, residual, weight, eps, out, |x| x, |x| x),
-        "bfloat16" => norm_as::<u16, cpu_attention::Bf16>(
-            py,
-            x,
-            residual,
-            weight,
-            eps,
-            out,
-            as_bf16,
-            as_bf16_mut,
-        ),
-        other => Err(invalid(
-            py,
-            format!("rms_norm: dtype must be float32 or bfloat16, got {other:?}"),
-        )),
-    }
+    by_dtype!(
+        py,
+        "rms_norm",
+        dtype,
+        norm_as(py, x, residual, weight, eps, out)
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -119,32 +123,29 @@ where
 
 /// Rope on q and k of each token, split out of the fused projections (see
 /// `cpu_ops::rope`): `qkv` [T, (heads + 2 Hkv) * D], `cos`/`sin` [T, D], `q_out`
-/// [T, heads, D], `kv_out` [T, 2, Hkv, D]. float32 or bfloat16 (as uint16), all
+/// [T, heads, D], `k_out`/`v_out` [T, Hkv, D]. float32 or bfloat16 (as uint16), all
 /// C-contiguous. Runs without the GIL.
 #[pyfunction]
+#[allow(clippy::too_many_arguments)]
 fn rope(
     py: Python<'_>,
     qkv: &Bound<'_, PyAny>,
     cos: &Bound<'_, PyAny>,
     sin: &Bound<'_, PyAny>,
     q_out: &Bound<'_, PyAny>,
-    kv_out: &Bound<'_, PyAny>,
+    k_out: &Bound<'_, PyAny>,
+    v_out: &Bound<'_, PyAny>,
     dtype: &str,
 ) -> PyResult<()> {
-    let args = (qkv, cos, sin, q_out, kv_out);
-    match dtype {
-        "float32" => rope_as::<f32, f32>(py, args, |x| x, |x| x),
-        "bfloat16" => rope_as::<u16, cpu_attention::Bf16>(py, args, as_bf16, as_bf16_mut),
-        other => Err(invalid(
-            py,
-            format!("rope: dtype must be float32 or bfloat16, got {other:?}"),
-        )),
-    }
+    by_dtype!(
+        py,
+        "rope",
+        dtype,
+        rope_as(py, (qkv, cos, sin), (q_out, k_out, v_out))
+    )
 }
 
-type RopeArgs<'a, 'py> = (
-    &'a Bound<'py, PyAny>,
-    &'a Bound<'py, PyAny>,
+type Three<'a, 'py> = (
     &'a Bound<'py, PyAny>,
     &'a Bound<'py, PyAny>,
     &'a Bound<'py, PyAny>,
@@ -152,7 +153,8 @@ type RopeArgs<'a, 'py> = (
 
 fn rope_as<N, E>(
     py: Python<'_>,
-    (qkv, cos, sin, q_out, kv_out): RopeArgs<'_, '_>,
+    (qkv, cos, sin): Three<'_, '_>,
+    (q_out, k_out, v_out): Three<'_, '_>,
     view: fn(&[N]) -> &[E],
     view_mut: fn(&mut [N]) -> &mut [E],
 ) -> PyResult<()>
@@ -164,17 +166,19 @@ where
     let cos = readonly::<N>(py, "cos", cos)?;
     let sin = readonly::<N>(py, "sin", sin)?;
     let mut q = writable::<N>(py, "q_out", q_out)?;
-    let mut kv = writable::<N>(py, "kv_out", kv_out)?;
-    let (&[.., heads, head_dim], &[.., two, kv_heads, kd]) = (q.shape(), kv.shape()) else {
+    let mut k = writable::<N>(py, "k_out", k_out)?;
+    let mut v = writable::<N>(py, "v_out", v_out)?;
+    let (&[.., heads, head_dim], &[.., kv_heads, kd]) = (q.shape(), k.shape()) else {
         return Err(invalid(
             py,
-            "rope: q_out must be [T, heads, head_dim] and kv_out [T, 2, kv_heads, head_dim]".into(),
+            "rope: q_out must be [T, heads, head_dim] and k_out, v_out [T, kv_heads, head_dim]"
+                .into(),
         ));
     };
-    if two != 2 || kd != head_dim {
+    if kd != head_dim || v.shape() != k.shape() {
         return Err(invalid(
             py,
-            "rope: kv_out must be [T, 2, kv_heads, head_dim] with q_out's head_dim".into(),
+            "rope: k_out and v_out must be [T, kv_heads, head_dim] with q_out's head_dim".into(),
         ));
     }
     let shape = crate::cpu_ops::RopeShape {
@@ -186,17 +190,19 @@ where
     let cos = view(slice(py, "cos", &cos)?);
     let sin = view(slice(py, "sin", &sin)?);
     let q = view_mut(slice_mut(py, "q_out", &mut q)?);
-    let kv = view_mut(slice_mut(py, "kv_out", &mut kv)?);
-    detach(py, || crate::cpu_ops::rope(shape, qkv, cos, sin, q, kv))
+    let k = view_mut(slice_mut(py, "k_out", &mut k)?);
+    let v = view_mut(slice_mut(py, "v_out", &mut v)?);
+    detach(py, || crate::cpu_ops::rope(shape, qkv, cos, sin, q, k, v))
 }
 
-/// Each token's key and value (`kv` [T, 2, Hkv, D]) into its slot (`slots` [T] int64) of
-/// the tiled caches (see `kv_layout`). float32 or bfloat16 (as uint16), C-contiguous.
-/// Runs without the GIL.
+/// Each token's key and value (`key`, `value` [T, Hkv, D]) into its slot (`slots` [T]
+/// int64) of the tiled caches (see `kv_layout`). float32 or bfloat16 (as uint16),
+/// C-contiguous. Runs without the GIL.
 #[pyfunction]
 fn store_kv(
     py: Python<'_>,
-    kv: &Bound<'_, PyAny>,
+    key: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
     slots: PyReadonlyArray1<'_, i64>,
     key_cache: &Bound<'_, PyAny>,
     value_cache: &Bound<'_, PyAny>,
@@ -205,32 +211,39 @@ fn store_kv(
     let slots = slots
         .as_slice()
         .map_err(|_| invalid(py, "slots must be C-contiguous".into()))?;
-    match dtype {
-        "float32" => store_as::<f32>(py, kv, slots, key_cache, value_cache),
-        "bfloat16" => store_as::<u16>(py, kv, slots, key_cache, value_cache),
-        other => Err(invalid(
-            py,
-            format!("store_kv: dtype must be float32 or bfloat16, got {other:?}"),
-        )),
-    }
+    let args = (key, value, key_cache, value_cache);
+    by_dtype!(py, "store_kv", dtype, store_as(py, args, slots))
 }
 
-fn store_as<N: numpy::Element + Copy + Send + Sync>(
+type Four<'a, 'py> = (
+    &'a Bound<'py, PyAny>,
+    &'a Bound<'py, PyAny>,
+    &'a Bound<'py, PyAny>,
+    &'a Bound<'py, PyAny>,
+);
+
+fn store_as<N, E>(
     py: Python<'_>,
-    kv: &Bound<'_, PyAny>,
+    (key, value, key_cache, value_cache): Four<'_, '_>,
     slots: &[i64],
-    key_cache: &Bound<'_, PyAny>,
-    value_cache: &Bound<'_, PyAny>,
-) -> PyResult<()> {
-    let kv = readonly::<N>(py, "kv", kv)?;
+    view: fn(&[N]) -> &[E],
+    view_mut: fn(&mut [N]) -> &mut [E],
+) -> PyResult<()>
+where
+    N: numpy::Element + Send + Sync,
+    E: Copy + Send + Sync,
+{
+    let k = readonly::<N>(py, "key", key)?;
+    let v = readonly::<N>(py, "value", value)?;
     let mut kc = writable::<N>(py, "key_cache", key_cache)?;
     let mut vc = writable::<N>(py, "value_cache", value_cache)?;
     let [_, kv_heads, pairs, block_size, _] = tiled_dims(py, "store_kv", kc.shape(), vc.shape())?;
     let layout = Tiled::new(block_size, kv_heads, 2 * pairs).map_err(|e| to_pyerr(py, e))?;
-    let kv = slice(py, "kv", &kv)?;
-    let kc = slice_mut(py, "key_cache", &mut kc)?;
-    let vc = slice_mut(py, "value_cache", &mut vc)?;
-    detach(py, || layout.store(kv, slots, kc, vc))
+    let k = view(slice(py, "key", &k)?);
+    let v = view(slice(py, "value", &v)?);
+    let kc = view_mut(slice_mut(py, "key_cache", &mut kc)?);
+    let vc = view_mut(slice_mut(py, "value_cache", &mut vc)?);
+    detach(py, || layout.store(k, v, slots, kc, vc))
 }
 
 /// `out = x W^T (+ bias)` for one row `x` [1, K] in bfloat16 (uint16 bits): W [N, K],
@@ -267,24 +280,24 @@ fn argmax_rows(
     dtype: &str,
 ) -> PyResult<()> {
     let os = slice_mut(py, "out", &mut out)?;
-    match dtype {
-        "float32" => {
-            let x = readonly::<f32>(py, "x", x)?;
-            let len = *x.shape().last().unwrap_or(&0);
-            let xs = slice(py, "x", &x)?;
-            detach(py, || crate::cpu_ops::argmax_rows(xs, len, os))
-        }
-        "bfloat16" => {
-            let x = readonly::<u16>(py, "x", x)?;
-            let len = *x.shape().last().unwrap_or(&0);
-            let xs = as_bf16(slice(py, "x", &x)?);
-            detach(py, || crate::cpu_ops::argmax_rows(xs, len, os))
-        }
-        other => Err(invalid(
-            py,
-            format!("argmax_rows: dtype must be float32 or bfloat16, got {other:?}"),
-        )),
-    }
+    by_dtype!(py, "argmax_rows", dtype, argmax_as(py, x, os))
+}
+
+fn argmax_as<N, E>(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    out: &mut [i64],
+    view: fn(&[N]) -> &[E],
+    _: fn(&mut [N]) -> &mut [E],
+) -> PyResult<()>
+where
+    N: numpy::Element + Sync,
+    E: cpu_attention::simd::Load16,
+{
+    let x = readonly::<N>(py, "x", x)?;
+    let len = *x.shape().last().unwrap_or(&0);
+    let xs = view(slice(py, "x", &x)?);
+    detach(py, || crate::cpu_ops::argmax_rows(xs, len, out))
 }
 
 /// `out = silu(gate) * up` for `gate_up` [T, 2I] = [gate | up] into `out` [T, I];
@@ -296,14 +309,7 @@ fn silu_mul(
     out: &Bound<'_, PyAny>,
     dtype: &str,
 ) -> PyResult<()> {
-    match dtype {
-        "float32" => silu_as::<f32, f32>(py, gate_up, out, |x| x, |x| x),
-        "bfloat16" => silu_as::<u16, cpu_attention::Bf16>(py, gate_up, out, as_bf16, as_bf16_mut),
-        other => Err(invalid(
-            py,
-            format!("silu_mul: dtype must be float32 or bfloat16, got {other:?}"),
-        )),
-    }
+    by_dtype!(py, "silu_mul", dtype, silu_as(py, gate_up, out))
 }
 
 fn silu_as<N, E>(
@@ -359,51 +365,23 @@ fn paged_decode_attention(
     let sl = seq_lens
         .as_slice()
         .map_err(|_| invalid(py, "seq_lens must be C-contiguous".into()))?;
-    match dtype {
-        "float32" => run::<f32, f32>(
-            py,
-            query,
-            key_cache,
-            value_cache,
-            bt,
-            &bt_shape,
-            sl,
-            scale,
-            out,
-            |x| x,
-            |x| x,
-        ),
-        "bfloat16" => run::<u16, cpu_attention::Bf16>(
-            py,
-            query,
-            key_cache,
-            value_cache,
-            bt,
-            &bt_shape,
-            sl,
-            scale,
-            out,
-            as_bf16,
-            as_bf16_mut,
-        ),
-        other => Err(invalid(
-            py,
-            format!("dtype must be float32 or bfloat16, got {other:?}"),
-        )),
-    }
+    let args = (query, key_cache, value_cache, out);
+    by_dtype!(
+        py,
+        "paged_decode_attention",
+        dtype,
+        attention_as(py, args, bt, &bt_shape, sl, scale)
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<N, E>(
+fn attention_as<N, E>(
     py: Python<'_>,
-    query: &Bound<'_, PyAny>,
-    key_cache: &Bound<'_, PyAny>,
-    value_cache: &Bound<'_, PyAny>,
+    (query, key_cache, value_cache, out): Four<'_, '_>,
     block_tables: &[i32],
     bt_shape: &[usize],
     seq_lens: &[i32],
     scale: f32,
-    out: &Bound<'_, PyAny>,
     view: fn(&[N]) -> &[E],
     view_mut: fn(&mut [N]) -> &mut [E],
 ) -> PyResult<()>

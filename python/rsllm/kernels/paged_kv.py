@@ -32,22 +32,20 @@ def load_kv_tile(
     block = tl.load(table + n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
     offset = n % BLOCK_SIZE
     kv_mask = n_mask[:, None] & d_mask[None, :]
-    k = tl.load(
-        k_cache_ptr
-        + block[:, None] * stride_kb
-        + offset[:, None] * stride_ks
-        + kv_head * stride_kh
-        + d[None, :],
-        mask=kv_mask,
-        other=0.0,
-    )
-    v = tl.load(
-        v_cache_ptr
-        + block[:, None] * stride_vb
-        + offset[:, None] * stride_vs
-        + kv_head * stride_vh
-        + d[None, :],
-        mask=kv_mask,
-        other=0.0,
-    )
+    k = _load_rows(k_cache_ptr, block, offset, kv_head, d, kv_mask, stride_kb, stride_ks, stride_kh)
+    v = _load_rows(v_cache_ptr, block, offset, kv_head, d, kv_mask, stride_vb, stride_vs, stride_vh)
     return k, v
+
+
+@triton.jit
+def _load_rows(cache_ptr, block, offset, kv_head, d, mask, stride_b, stride_s, stride_h):
+    """One cache's rows (block, offset) of `kv_head`, dims `d`: [BLOCK_N, BLOCK_D]."""
+    return tl.load(
+        cache_ptr
+        + block[:, None] * stride_b
+        + offset[:, None] * stride_s
+        + kv_head * stride_h
+        + d[None, :],
+        mask=mask,
+        other=0.0,
+    )

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from rsllm import _core
 from rsllm.errors import InvalidRequestError
-from rsllm.model import cpu_ops
 from rsllm.model.cpu_ops import KERNEL_DTYPES, as_numpy, persistent_numpy
 from rsllm.model.kv_layout import PAGED, TILED, KVLayout
 
@@ -421,7 +420,7 @@ class AttentionMetadata:
 
 class AttentionBackend(Protocol):
     name: str
-    layout: KVLayout  # how `kv_cache_shapes` caches are laid out
+    layout: KVLayout  # how its caches are laid out (`ModelRunner` allocates them by it)
 
     def build_metadata(
         self,
@@ -449,11 +448,7 @@ class AttentionBackend(Protocol):
         value_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
-        new_kv: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`new_kv` [T, 2, Hkv, D]: the step's keys and values, not yet in the cache: the
-        backend stores them (at `meta.slot_mapping`) before it attends."""
-        ...
+    ) -> torch.Tensor: ...
 
 
 def _base_metadata(
@@ -502,11 +497,8 @@ class TorchReferenceBackend:
         value_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
-        new_kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
         assert meta.plan is not None, f"metadata was not built by {type(self).__name__}"
-        if new_kv is not None:
-            self.store_new(new_kv, key_cache, value_cache, meta)
         return attend_reference(
             query,
             key_cache,
@@ -527,15 +519,6 @@ class TorchReferenceBackend:
     ) -> None:
         self.layout.store(key, value, key_cache, value_cache, meta.slot_mapping)
 
-    def store_new(
-        self,
-        new_kv: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        meta: AttentionMetadata,
-    ) -> None:
-        self.store_kv(new_kv[:, 0], new_kv[:, 1], key_cache, value_cache, meta)
-
 
 class CpuBackend(TorchReferenceBackend):
     """The CPU path: the reference on tiled caches, with decodes in the Rust kernel
@@ -544,18 +527,6 @@ class CpuBackend(TorchReferenceBackend):
     name = "cpu"
     layout: KVLayout = TILED
     use_kernel = True
-
-    def store_new(
-        self,
-        new_kv: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        meta: AttentionMetadata,
-    ) -> None:
-        if kernel_supports(new_kv, key_cache):  # one Rust pass, the lines asked for ahead
-            cpu_ops.store_kv(new_kv, meta.slot_mapping, key_cache, value_cache)
-        else:
-            super().store_new(new_kv, key_cache, value_cache, meta)
 
 
 class KernelBackend:
@@ -595,10 +566,7 @@ class KernelBackend:
         value_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
-        new_kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if new_kv is not None:
-            self.store_kv(new_kv[:, 0], new_kv[:, 1], key_cache, value_cache, meta)
         return self.kernels.paged_attention(
             query,
             key_cache,

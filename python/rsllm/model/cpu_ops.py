@@ -94,29 +94,34 @@ def fused_rope_supported(qkv: torch.Tensor, key_cache: torch.Tensor) -> bool:
 
 def rope(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, num_kv_heads: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rope on q and k of the fused projections [T, (Hq + 2 Hkv) * D] in one pass: the
-    rotated q [T, Hq, D] and the rotated k with v as [T, 2, Hkv, D] (what `store_kv` and
-    the decode kernel take)."""
+    rotated q [T, Hq, D], the rotated k and v [T, Hkv, D], each contiguous."""
     t = qkv.shape[0]
     d = qkv.shape[1] // (num_heads + 2 * num_kv_heads)
     q = qkv.new_empty(t, num_heads, d)
-    kv = qkv.new_empty(t, 2, num_kv_heads, d)
-    dtype = KERNEL_DTYPES[qkv.dtype]
-    _core.rope(as_numpy(qkv), as_numpy(cos), as_numpy(sin), as_numpy(q), as_numpy(kv), dtype)
-    return q, kv
+    k, v = qkv.new_empty(t, num_kv_heads, d), qkv.new_empty(t, num_kv_heads, d)
+    arrays = map(as_numpy, (qkv, cos, sin, q, k, v))
+    _core.rope(*arrays, KERNEL_DTYPES[qkv.dtype])
+    return q, k, v
 
 
 def store_kv(
-    kv: torch.Tensor, slot_mapping: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
 ) -> None:
-    """Each token's K and V (`kv` [T, 2, Hkv, D]) into its slot of the tiled caches."""
+    """Each token's K and V ([T, Hkv, D] each, contiguous) into its slot of the tiled
+    caches, in one pass that asks for the next tokens' cache lines ahead."""
     _core.store_kv(
-        as_numpy(kv.contiguous()),
+        as_numpy(key),
+        as_numpy(value),
         slot_mapping.numpy(),
         persistent_numpy(key_cache),
         persistent_numpy(value_cache),
-        KERNEL_DTYPES[kv.dtype],
+        KERNEL_DTYPES[key.dtype],
     )
 
 

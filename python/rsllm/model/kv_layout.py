@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from rsllm.errors import InvalidRequestError
+from rsllm.model import cpu_ops
 
 
 class KVLayout(Protocol):
@@ -107,6 +108,9 @@ class TiledLayout:
         value_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
     ) -> None:
+        if _rust_stores(key, value, key_cache):
+            cpu_ops.store_kv(key, value, slot_mapping, key_cache, value_cache)
+            return
         bs, hkv, d = self.dims(key_cache)
         block, pos = slot_mapping // bs, slot_mapping % bs
         # Advanced indices split by slices: the token dim comes first in the indexed view.
@@ -122,6 +126,18 @@ class TiledLayout:
         # [n, Hkv, D/2, BS, 2] -> [n, BS, Hkv, D/2, 2]
         bs = blocks.shape[3]
         return blocks.permute(0, 3, 1, 2, 4).reshape(n, bs, hkv, -1)
+
+
+def _rust_stores(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor) -> bool:
+    """The Rust store takes contiguous float32 or bfloat16 rows on a CPU, of the cache's
+    dtype (the rope of the CPU path hands it exactly that)."""
+    return (
+        key_cache.device.type == "cpu"
+        and key.dtype == value.dtype == key_cache.dtype
+        and key.dtype in cpu_ops.KERNEL_DTYPES
+        and key.is_contiguous()
+        and value.is_contiguous()
+    )
 
 
 PAGED = PagedLayout()

@@ -92,16 +92,15 @@ class LlamaAttention(nn.Module):
         qkv = self.qkv_proj(x)  # [T, (Hq + 2Hkv) * D]
         key_cache, value_cache = kv_cache
         if self.fused_rope and cpu_ops.fused_rope_supported(qkv, key_cache):
-            q, kv = cpu_ops.rope(qkv, cos, sin, hq, hkv)  # k and v: the backend stores them
-            out = self.backend.attend(q, key_cache, value_cache, meta, self.scale, new_kv=kv)
-            return self.o_proj(out.reshape(t, hq * d))
-        qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
-        if self.qk_norm:
-            # q_norm and k_norm in one op: per-head RMSNorm, then each head's weight.
-            qk = F.rms_norm(qk, (d,), None, self.eps).mul_(self.qk_norm_weight)
-        qk = apply_rope(qk, cos, sin)  # [T, Hq + Hkv, D]
-        q, k = qk.split((hq, hkv), dim=1)
-        v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
+            q, k, v = cpu_ops.rope(qkv, cos, sin, hq, hkv)
+        else:
+            qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
+            if self.qk_norm:
+                # q_norm and k_norm in one op: per-head RMSNorm, then each head's own weight.
+                qk = F.rms_norm(qk, (d,), None, self.eps).mul_(self.qk_norm_weight)
+            qk = apply_rope(qk, cos, sin)  # [T, Hq + Hkv, D]
+            q, k = qk.split((hq, hkv), dim=1)
+            v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
         self.backend.store_kv(k, v, key_cache, value_cache, meta)
         out = self.backend.attend(q, key_cache, value_cache, meta, self.scale)  # [T, Hq, D]
         return self.o_proj(out.reshape(t, hq * d))
